@@ -1,0 +1,1 @@
+"""ONNX Runtime backend: EfficientNet-Lite0 model builder and ImageNet helpers."""
