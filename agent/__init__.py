@@ -1,0 +1,1 @@
+"""The vAccel host agent."""

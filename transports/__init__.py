@@ -1,0 +1,1 @@
+"""Transport plugins: tcp, unix, vsock and virtio-mock."""

@@ -1,0 +1,379 @@
+"""The operation catalog: every vAccel operation, its upstream code, arguments and results.
+
+One table drives argument validation in :class:`~vaccel_core.session.Session`, dummy results in
+the noop backend, and encoding in the remote (rpc) path. Upstream renumbered the operation enum
+between releases, so the wire always carries the operation *name*; ``code`` is the newest
+upstream number, kept for ``genop`` and for display.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidArgumentError
+
+
+class Kind(enum.Enum):
+    """The type of one argument or result."""
+
+    BYTES = "bytes"  # bytes-like (an image, an opaque buffer)
+    STR = "str"
+    INT = "int"
+    FLOAT = "float"
+    TENSOR = "tensor"  # one numpy array
+    TENSORS = "tensors"  # a list of numpy arrays
+    NAMED_TENSORS = "named_tensors"  # dict name -> numpy array (or a list, matched by position)
+    BYTES_LIST = "bytes_list"
+    INT_LIST = "int_list"
+    STR_LIST = "str_list"
+    RESOURCE = "resource"  # a Resource registered with the session
+
+
+class ResourceType(enum.IntEnum):
+    """Upstream resource types."""
+
+    LIB = 0
+    DATA = 1
+    MODEL = 2
+
+
+@dataclass(frozen=True)
+class Param:
+    """One argument or result of an operation."""
+
+    name: str
+    kind: Kind
+    doc: str = ""
+    dtype: str | None = None  # for tensors: required numpy dtype name
+    ndim: int | None = None  # for tensors: required number of dimensions
+    resource_type: ResourceType | None = None  # for resources: required type
+    default: Any = None
+    optional: bool = False
+
+
+class Op(enum.Enum):
+    """vAccel operations. The value is the name used on the wire and in ``genop``."""
+
+    NOOP = "noop"
+    EXEC = "exec"
+    EXEC_WITH_RESOURCE = "exec_with_resource"
+    IMAGE_CLASSIFY = "image_classify"
+    IMAGE_DETECT = "image_detect"
+    IMAGE_SEGMENT = "image_segment"
+    IMAGE_POSE = "image_pose"
+    IMAGE_DEPTH = "image_depth"
+    TF_MODEL_LOAD = "tf_model_load"
+    TF_MODEL_UNLOAD = "tf_model_unload"
+    TF_MODEL_RUN = "tf_model_run"
+    TFLITE_MODEL_LOAD = "tflite_model_load"
+    TFLITE_MODEL_UNLOAD = "tflite_model_unload"
+    TFLITE_MODEL_RUN = "tflite_model_run"
+    TORCH_MODEL_LOAD = "torch_model_load"
+    TORCH_MODEL_RUN = "torch_model_run"
+    TORCH_SGEMM = "torch_sgemm"
+    BLAS_SGEMM = "blas_sgemm"
+    FPGA_ARRAYCOPY = "fpga_arraycopy"
+    FPGA_MMULT = "fpga_mmult"
+    FPGA_PARALLEL = "fpga_parallel"
+    FPGA_VECTORADD = "fpga_vectoradd"
+    MINMAX = "minmax"
+    OPENCV = "opencv"
+    # Our own generic ONNX-style model API (no upstream code).
+    MODEL_LOAD = "model_load"
+    MODEL_RUN = "model_run"
+    MODEL_UNLOAD = "model_unload"
+
+    @property
+    def spec(self) -> OpSpec:
+        return CATALOG[self]
+
+    @property
+    def code(self) -> int | None:
+        return CATALOG[self].code
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """How an operation is called: its Python method name, arguments and results."""
+
+    op: Op
+    code: int | None  # newest upstream enum value; None for our own operations
+    method: str  # the Session method and the Backend method that implement it
+    params: tuple[Param, ...]
+    results: tuple[Param, ...]
+    doc: str
+    check: Callable[[OpSpec, Sequence[Any]], None] | None = field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.op.value
+
+
+def _image() -> Param:
+    return Param("image", Kind.BYTES, "encoded image (JPEG, PNG, ...)")
+
+
+def _model(doc: str = "registered MODEL resource") -> Param:
+    return Param("resource", Kind.RESOURCE, doc, resource_type=ResourceType.MODEL)
+
+
+_IMGNAME = Param("imgname", Kind.STR, "name of the output image the backend wrote")
+_EXEC_ARGS = (
+    Param("fn_symbol", Kind.STR, "function to call"),
+    Param("read", Kind.BYTES_LIST, "input buffers"),
+    Param("write_sizes", Kind.INT_LIST, "size in bytes of each output buffer"),
+)
+_EXEC_RESULTS = (Param("write", Kind.BYTES_LIST, "output buffers"),)
+
+
+def _f32(name: str, ndim: int, doc: str = "", optional: bool = False) -> Param:
+    return Param(name, Kind.TENSOR, doc, dtype="float32", ndim=ndim, optional=optional)
+
+
+def _check_sgemm(spec: OpSpec, args: Sequence[Any]) -> None:
+    a, b, c = args[0], args[1], args[2]
+    if a.shape[1] != b.shape[0]:
+        raise InvalidArgumentError(
+            f"{spec.method}: argument 'b': expected {a.shape[1]} rows to match a's "
+            f"{a.shape[1]} columns, got shape {b.shape}"
+        )
+    if c is not None and c.shape != (a.shape[0], b.shape[1]):
+        raise InvalidArgumentError(
+            f"{spec.method}: argument 'c': expected shape {(a.shape[0], b.shape[1])}, got {c.shape}"
+        )
+
+
+def _check_same_shape(spec: OpSpec, args: Sequence[Any]) -> None:
+    a, b = args[0], args[1]
+    if a.shape != b.shape:
+        raise InvalidArgumentError(
+            f"{spec.method}: argument 'b': expected shape {a.shape} (same as 'a'), got {b.shape}"
+        )
+
+
+def _check_mmult(spec: OpSpec, args: Sequence[Any]) -> None:
+    a, b = args[0], args[1]
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise InvalidArgumentError(
+            f"{spec.method}: arguments 'a' {a.shape} and 'b' {b.shape} cannot be multiplied"
+        )
+
+
+def _check_minmax(spec: OpSpec, args: Sequence[Any]) -> None:
+    data, low, high = args
+    if data.size == 0:
+        raise InvalidArgumentError(f"{spec.method}: argument 'data': expected at least 1 value")
+    if low > high:
+        raise InvalidArgumentError(
+            f"{spec.method}: argument 'low_threshold' ({low}) is above 'high_threshold' ({high})"
+        )
+
+
+def _check_write_sizes(spec: OpSpec, args: Sequence[Any]) -> None:
+    sizes = args[-1]
+    for i, size in enumerate(sizes):
+        if size < 0:
+            raise InvalidArgumentError(
+                f"{spec.method}: argument 'write_sizes'[{i}]: expected a size >= 0, got {size}"
+            )
+
+
+_SPECS: list[OpSpec] = [
+    OpSpec(Op.NOOP, 0, "noop", (), (), "Do nothing (debugging and overhead measurement)."),
+    OpSpec(
+        Op.EXEC,
+        1,
+        "exec",
+        (Param("library", Kind.STR, "shared library path or name"), *_EXEC_ARGS),
+        _EXEC_RESULTS,
+        "Call a function of a shared library.",
+        _check_write_sizes,
+    ),
+    OpSpec(
+        Op.EXEC_WITH_RESOURCE,
+        2,
+        "exec_with_resource",
+        (
+            Param(
+                "resource", Kind.RESOURCE, "registered LIB resource", resource_type=ResourceType.LIB
+            ),
+            *_EXEC_ARGS,
+        ),
+        _EXEC_RESULTS,
+        "Call a function of a registered library resource.",
+        _check_write_sizes,
+    ),
+    OpSpec(
+        Op.IMAGE_CLASSIFY,
+        3,
+        "classify",
+        (_image(),),
+        (Param("tags", Kind.STR, "classification tags"), _IMGNAME),
+        "Classify an image; returns (tags, output image name).",
+    ),
+    OpSpec(Op.IMAGE_DETECT, 4, "detect", (_image(),), (_IMGNAME,), "Detect objects."),
+    OpSpec(Op.IMAGE_SEGMENT, 5, "segment", (_image(),), (_IMGNAME,), "Segment an image."),
+    OpSpec(Op.IMAGE_POSE, 6, "pose", (_image(),), (_IMGNAME,), "Estimate poses."),
+    OpSpec(Op.IMAGE_DEPTH, 7, "depth", (_image(),), (_IMGNAME,), "Estimate depth."),
+    OpSpec(Op.TF_MODEL_LOAD, 8, "tf_model_load", (_model(),), (), "Load a TensorFlow model."),
+    OpSpec(Op.TF_MODEL_UNLOAD, 9, "tf_model_unload", (_model(),), (), "Unload it."),
+    OpSpec(
+        Op.TF_MODEL_RUN,
+        10,
+        "tf_model_run",
+        (
+            _model(),
+            Param("in_nodes", Kind.STR_LIST, "input node names"),
+            Param("in_tensors", Kind.TENSORS, "input tensors"),
+            Param("out_nodes", Kind.STR_LIST, "output node names"),
+        ),
+        (Param("out_tensors", Kind.TENSORS),),
+        "Run a loaded TensorFlow model.",
+    ),
+    OpSpec(Op.TFLITE_MODEL_LOAD, 11, "tflite_model_load", (_model(),), (), "Load TFLite."),
+    OpSpec(Op.TFLITE_MODEL_UNLOAD, 12, "tflite_model_unload", (_model(),), (), "Unload it."),
+    OpSpec(
+        Op.TFLITE_MODEL_RUN,
+        13,
+        "tflite_model_run",
+        (_model(), Param("in_tensors", Kind.TENSORS)),
+        (Param("out_tensors", Kind.TENSORS),),
+        "Run a loaded TFLite model.",
+    ),
+    OpSpec(Op.TORCH_MODEL_LOAD, 14, "torch_model_load", (_model(),), (), "Load TorchScript."),
+    OpSpec(
+        Op.TORCH_MODEL_RUN,
+        15,
+        "torch_model_run",
+        (_model(), Param("in_tensors", Kind.TENSORS)),
+        (Param("out_tensors", Kind.TENSORS),),
+        "Run a loaded TorchScript model.",
+    ),
+    OpSpec(
+        Op.TORCH_SGEMM,
+        16,
+        "torch_sgemm",
+        (_f32("a", 2), _f32("b", 2), _f32("c", 2, "added to a @ b", optional=True)),
+        (_f32("out", 2),),
+        "a @ b (+ c) with torch.",
+        _check_sgemm,
+    ),
+    OpSpec(
+        Op.BLAS_SGEMM,
+        17,
+        "sgemm",
+        (
+            _f32("a", 2, "m x k"),
+            _f32("b", 2, "k x n"),
+            _f32("c", 2, "m x n, scaled by beta", optional=True),
+            Param("alpha", Kind.FLOAT, default=1.0, optional=True),
+            Param("beta", Kind.FLOAT, default=0.0, optional=True),
+        ),
+        (_f32("out", 2, "alpha * a @ b + beta * c"),),
+        "Single-precision general matrix multiply.",
+        _check_sgemm,
+    ),
+    OpSpec(
+        Op.FPGA_ARRAYCOPY,
+        18,
+        "fpga_arraycopy",
+        (Param("a", Kind.TENSOR, dtype="int32", ndim=1),),
+        (Param("out", Kind.TENSOR, dtype="int32", ndim=1),),
+        "Copy an array.",
+    ),
+    OpSpec(
+        Op.FPGA_MMULT,
+        19,
+        "fpga_mmult",
+        (_f32("a", 2), _f32("b", 2)),
+        (_f32("out", 2),),
+        "Matrix multiply.",
+        _check_mmult,
+    ),
+    OpSpec(
+        Op.FPGA_PARALLEL,
+        20,
+        "fpga_parallel",
+        (_f32("a", 1), _f32("b", 1)),
+        (_f32("add", 1), _f32("mult", 1)),
+        "Element-wise a + b and a * b.",
+        _check_same_shape,
+    ),
+    OpSpec(
+        Op.FPGA_VECTORADD,
+        21,
+        "fpga_vectoradd",
+        (_f32("a", 1), _f32("b", 1)),
+        (_f32("out", 1),),
+        "Element-wise a + b.",
+        _check_same_shape,
+    ),
+    OpSpec(
+        Op.MINMAX,
+        22,
+        "minmax",
+        (
+            Param("data", Kind.TENSOR, dtype="float64", ndim=1),
+            Param("low_threshold", Kind.INT),
+            Param("high_threshold", Kind.INT),
+        ),
+        (
+            Param("out", Kind.TENSOR, "data clipped to the thresholds", dtype="float64", ndim=1),
+            Param("min", Kind.FLOAT),
+            Param("max", Kind.FLOAT),
+        ),
+        "Clip data to [low, high] and return it with the minimum and maximum of data.",
+        _check_minmax,
+    ),
+    OpSpec(
+        Op.OPENCV,
+        23,
+        "opencv",
+        (Param("args", Kind.BYTES_LIST), Param("nr_outputs", Kind.INT)),
+        (Param("outputs", Kind.BYTES_LIST),),
+        "An OpenCV operation (opaque arguments).",
+    ),
+    OpSpec(Op.MODEL_LOAD, None, "model_load", (_model(),), (), "Load a model (e.g. ONNX)."),
+    OpSpec(Op.MODEL_UNLOAD, None, "model_unload", (_model(),), (), "Unload a model."),
+    OpSpec(
+        Op.MODEL_RUN,
+        None,
+        "model_run",
+        (_model(), Param("inputs", Kind.NAMED_TENSORS, "input name -> array")),
+        (Param("outputs", Kind.NAMED_TENSORS, "output name -> array"),),
+        "Run a model on numpy arrays; inputs are checked against the model's signature.",
+    ),
+]
+
+CATALOG: dict[Op, OpSpec] = {spec.op: spec for spec in _SPECS}
+BY_CODE: dict[int, Op] = {s.code: s.op for s in _SPECS if s.code is not None}
+BY_METHOD: dict[str, Op] = {s.method: s.op for s in _SPECS}
+
+
+def resolve_op(op: Op | str | int) -> Op:
+    """Find an operation by enum, wire name, method name, upstream name or upstream code."""
+    if isinstance(op, Op):
+        return op
+    if isinstance(op, int) and not isinstance(op, bool):
+        if op in BY_CODE:
+            return BY_CODE[op]
+        raise InvalidArgumentError(
+            f"genop: argument 'op': unknown upstream operation code {op} "
+            f"(expected 0..{max(BY_CODE)})"
+        )
+    if isinstance(op, str):
+        key = op.strip().lower().removeprefix("vaccel_op_")
+        for candidate in (key, key.replace("-", "_")):
+            try:
+                return Op(candidate)
+            except ValueError:
+                pass
+            if candidate in BY_METHOD:
+                return BY_METHOD[candidate]
+        raise InvalidArgumentError(f"genop: argument 'op': unknown operation {op!r}")
+    raise InvalidArgumentError(
+        f"genop: argument 'op': expected an operation name or code, got {type(op).__name__}"
+    )

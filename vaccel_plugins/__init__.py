@@ -1,0 +1,1 @@
+"""Built-in vAccel backends: noop, onnxruntime, jetson and the guest-side rpc backend."""
