@@ -1,0 +1,153 @@
+"""The transport contract: how agent messages move between the guest and the host agent.
+
+A transport knows sockets (or shared memory), never operations; the agent service and the rpc
+backend know operations, never sockets. A message is a method name, a serialized request (the
+agent's protobuf bytes) and optional out-of-band buffers: large tensors that a transport may
+hand over without copying (the virtio-mock transport places them in shared memory; socket
+transports simply send them after the payload).
+
+A transport plugin registers its class through the ``vaccel.transports`` entry point group::
+
+    @hookimpl
+    def vaccel_register_transports(register):
+        register(UnixTransport)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from .errors import InvalidArgumentError, VaccelError
+
+Buffer = bytes | bytearray | memoryview
+
+#: Default cap on one message (payload + buffers); big enough for real models.
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed agent address: ``unix:///run/v.sock``, ``tcp://127.0.0.1:65500``,
+    ``vsock://2:2048``, ``virtio-mock:///run/v.ctl``."""
+
+    scheme: str
+    target: str  # everything after "scheme://"
+
+    @classmethod
+    def parse(cls, uri: str) -> Address:
+        scheme, sep, target = uri.partition("://")
+        if not sep or not scheme or not target:
+            raise InvalidArgumentError(
+                f"address: expected SCHEME://TARGET (e.g. unix:///tmp/v.sock, "
+                f"tcp://127.0.0.1:65500, vsock://2:2048), got {uri!r}"
+            )
+        return cls(scheme.lower(), target)
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.target}"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One client connection as the agent sees it. ``id`` is unique per client connection
+    and is what sessions are owned by."""
+
+    id: str
+    description: str = ""
+
+
+@dataclass
+class Message:
+    """A request or a reply: protobuf bytes plus optional out-of-band buffers."""
+
+    payload: Buffer
+    buffers: Sequence[Buffer] = field(default_factory=tuple)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.payload) + sum(len(b) for b in self.buffers)
+
+
+class CallError(VaccelError):
+    """A call failed with a status (gRPC status-code names: NOT_FOUND, INVALID_ARGUMENT,
+    RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, ...) and an upstream
+    error code."""
+
+    def __init__(self, status: str, message: str, *, code: int | None = None) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+
+class Handler(Protocol):
+    """What a listener calls: implemented by the agent service."""
+
+    def handle(self, method: str, request: Message, peer: Peer) -> Message:
+        """Serve one call. Raises VaccelError (or CallError) for a failed call."""
+        ...
+
+    def peer_connected(self, peer: Peer) -> None: ...
+
+    def peer_disconnected(self, peer: Peer) -> None:
+        """The client's connection went away: the agent releases what it owned."""
+        ...
+
+
+@dataclass
+class TransportOptions:
+    """Settings common to every transport; ``extra`` carries transport-specific ones."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    unix_socket_mode: int = 0o600
+    connect_timeout: float = 5.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Channel(ABC):
+    """The client side of a connection to the agent."""
+
+    @abstractmethod
+    def call(self, method: str, request: Message, timeout: float | None = None) -> Message:
+        """Send one request and wait for its reply. Raises CallError for a failed call and
+        RemoteError (naming the address) when the agent cannot be reached."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection (the agent then releases this client's sessions)."""
+
+
+class Listener(ABC):
+    """The server side: accepting clients at one address."""
+
+    #: The address actually bound (e.g. with the real port for ``tcp://127.0.0.1:0``).
+    address: str
+
+    @abstractmethod
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, let in-flight calls finish within ``grace`` seconds, remove
+        socket files."""
+
+
+class Transport(ABC):
+    """Base class of transport plugins."""
+
+    #: Address scheme this transport serves ("tcp", "unix", "vsock", "virtio-mock").
+    scheme: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "0"
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def probe(cls) -> str | None:
+        """Why this transport cannot work here, or None. Cheap; must not raise."""
+        return None
+
+    @abstractmethod
+    def connect(self, address: Address, options: TransportOptions) -> Channel:
+        """Open a client channel to the agent at ``address``."""
+
+    @abstractmethod
+    def listen(self, address: Address, handler: Handler, options: TransportOptions) -> Listener:
+        """Start serving ``handler`` at ``address`` (returns once it accepts connections)."""
