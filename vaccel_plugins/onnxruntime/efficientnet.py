@@ -19,8 +19,9 @@ import os
 import pickle
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Callable
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -116,7 +117,9 @@ class _LazyTensor:
             raise WeightsFormatError(f"storage {self.storage.key!r} has no data")
         if not self.size:
             return data[self.offset : self.offset + 1].reshape(()).copy()
-        extent = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1
+        extent = (
+            self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True)) + 1
+        )
         if any(n == 0 for n in self.size):
             return np.zeros(self.size, dtype=data.dtype)
         if self.offset < 0 or extent > data.size or min(self.stride) < 0:
@@ -146,6 +149,8 @@ def _rebuild_tensor_v2(
     del requires_grad, backward_hooks, metadata
     if not isinstance(storage, _Storage):
         raise WeightsFormatError("tensor rebuilt from something that is not a storage")
+    if len(size) != len(stride):
+        raise WeightsFormatError(f"tensor size {size} and stride {stride} differ in length")
     return _LazyTensor(storage, int(storage_offset), tuple(size), tuple(stride))
 
 
@@ -366,7 +371,13 @@ class _GraphBuilder:
         return name
 
     def conv_bn(
-        self, x: str, prefix: str, bn: str, shape: tuple[int, ...], stride: int, groups: int,
+        self,
+        x: str,
+        prefix: str,
+        bn: str,
+        shape: tuple[int, ...],
+        stride: int,
+        groups: int,
         relu6: bool,
     ) -> str:
         """Conv (weights ``prefix.weight``) with BN ``bn`` folded in, then optional ReLU6."""
@@ -381,8 +392,14 @@ class _GraphBuilder:
         y = self._name(prefix.replace(".", "_"))
         self.nodes.append(
             helper.make_node(
-                "Conv", [x, w, b], [y], name=y, kernel_shape=[kernel, kernel],
-                strides=[stride, stride], pads=[begin, begin, end, end], group=groups,
+                "Conv",
+                [x, w, b],
+                [y],
+                name=y,
+                kernel_shape=[kernel, kernel],
+                strides=[stride, stride],
+                pads=[begin, begin, end, end],
+                group=groups,
             )
         )
         if not relu6:
@@ -421,7 +438,8 @@ class _GraphBuilder:
         flat = self._name("flatten")
         self.nodes.append(helper.make_node("GlobalAveragePool", [x], [pooled], name=pooled))
         self.nodes.append(helper.make_node("Flatten", [pooled], [flat], name=flat, axis=1))
-        fc_w = self._init("_fc.weight", _get(self.state, "_fc.weight", (NUM_CLASSES, HEAD_CHANNELS)))
+        fc_weight = _get(self.state, "_fc.weight", (NUM_CLASSES, HEAD_CHANNELS))
+        fc_w = self._init("_fc.weight", fc_weight)
         fc_b = self._init("_fc.bias", _get(self.state, "_fc.bias", (NUM_CLASSES,)))
         self.nodes.append(
             helper.make_node("Gemm", [flat, fc_w, fc_b], [OUTPUT_NAME], name="fc", transB=1)
@@ -448,10 +466,11 @@ def build_model(state: dict[str, np.ndarray]) -> onnx.ModelProto:
     x = g.conv_bn(x, "_conv_head", "_bn1", (HEAD_CHANNELS, cin, 1, 1), 1, 1, True)
     g.head(x)
     _check_all_used(state, index)
+    input_shape: list[str | int] = ["batch", 3, INPUT_SIZE, INPUT_SIZE]
     graph = helper.make_graph(
         g.nodes,
         "efficientnet_lite0",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 3, INPUT_SIZE, INPUT_SIZE])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, input_shape)],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", NUM_CLASSES])],
         g.inits,
     )

@@ -102,7 +102,7 @@ def _decode(data: bytes) -> PILImage.Image:
         raise _cannot_decode(data, "unknown or unsupported image format") from exc
     except Exception as exc:  # Pillow raises many types on corrupt data
         raise _cannot_decode(data, exc) from exc
-    return img  # type: ignore[no-any-return]
+    return img
 
 
 def _too_small(width: int, height: int) -> str:
@@ -136,11 +136,11 @@ def _to_rgb(img: PILImage.Image) -> PILImage.Image:
         if img.mode == "F" and top <= 1.0:
             peak = 1.0  # float images in 0..1
         gray = np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, "L").convert("RGB")  # type: ignore[no-any-return]
+        return Image.fromarray(gray, "L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")  # type: ignore[no-any-return]
+        return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
 
 
@@ -183,7 +183,7 @@ def softmax(logits: Any) -> np.ndarray:
     if x.ndim == 0 or x.shape[-1] == 0:
         raise ValueError(f"softmax: need at least one logit, got shape {x.shape}")
     e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def top_k(probs: Any, k: int = 5) -> list[tuple[int, float]]:
@@ -202,7 +202,7 @@ def top_k(probs: Any, k: int = 5) -> list[tuple[int, float]]:
 
 def format_tag(prob: float, index: SupportsIndex) -> str:
     """Upstream's tag format, e.g. ``format_tag(0.86768, 207) == "86.768% golden retriever"``."""
-    return "%.3f%% %s" % (float(prob) * 100.0, short_name(index))
+    return f"{float(prob) * 100.0:.3f}% {short_name(index)}"
 
 
 def tags(logits: Any, k: int = 1) -> list[str]:
