@@ -1,0 +1,6 @@
+from vaccel_core import hookimpl
+
+
+@hookimpl
+def vaccel_register_backends(register):
+    raise RuntimeError("registration exploded")
