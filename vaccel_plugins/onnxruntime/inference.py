@@ -1,0 +1,278 @@
+"""onnxruntime inference sessions: execution providers, session options, signature checks.
+
+Everything that touches ``onnxruntime`` itself lives here and imports it on first use, so
+that importing the backend module stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vaccel_core.errors import InvalidArgumentError, NotSupportedError
+from vaccel_core.log import logger
+
+#: Default execution providers, best first; filtered by what the installed build offers.
+DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+PROVIDERS_ENV = "VACCEL_ORT_PROVIDERS"
+THREADS_ENV = "VACCEL_ORT_THREADS"
+SPINNING_ENV = "VACCEL_ORT_SPINNING"
+
+#: Short names accepted in VACCEL_ORT_PROVIDERS besides the full provider names.
+_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+}
+
+#: ONNX tensor element types (as onnxruntime spells them) -> numpy dtypes.
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(int16)": np.dtype(np.int16),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(uint16)": np.dtype(np.uint16),
+    "tensor(uint32)": np.dtype(np.uint32),
+    "tensor(uint64)": np.dtype(np.uint64),
+    "tensor(bool)": np.dtype(np.bool_),
+}
+
+
+def import_ort() -> Any:
+    """Import onnxruntime, or raise NotSupportedError saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise NotSupportedError(
+            "onnxruntime is not installed (pip install 'pyvaccel[onnx]' or "
+            f"'pyvaccel[onnx-gpu]'): {exc}"
+        ) from exc
+    return onnxruntime
+
+
+def _canonical(name: str, known: Sequence[str]) -> str:
+    raw = name.strip()
+    alias = _ALIASES.get(raw.lower())
+    if alias:
+        return alias
+    for candidate in known:
+        if candidate.lower() in (raw.lower(), f"{raw.lower()}executionprovider"):
+            return candidate
+    raise InvalidArgumentError(
+        f"onnxruntime: unknown execution provider {raw!r} in {PROVIDERS_ENV} / ort_providers "
+        f"(known: {', '.join(known)}; short names: {', '.join(sorted(_ALIASES))})"
+    )
+
+
+def choose_providers(
+    wanted: str | None, available: Sequence[str], known: Sequence[str]
+) -> list[str]:
+    """The providers to ask for, in order: ``wanted`` (a comma list) or the defaults, keeping
+    only those this onnxruntime build offers; CPU when none is left."""
+    if wanted and wanted.strip():
+        names = [_canonical(n, known) for n in wanted.split(",") if n.strip()]
+    else:
+        names = list(DEFAULT_PROVIDERS)
+    chosen: list[str] = []
+    for name in names:
+        if name in chosen:
+            continue
+        if name in available:
+            chosen.append(name)
+        elif wanted:
+            logger.warning(
+                "onnxruntime: execution provider %s is not in this build (available: %s)",
+                name,
+                ", ".join(available),
+            )
+    if not chosen:
+        logger.warning("onnxruntime: none of %s is available; using CPUExecutionProvider", names)
+        chosen = ["CPUExecutionProvider"]
+    return chosen
+
+
+@dataclass
+class RunSettings:
+    """How inference sessions are created: providers and threading."""
+
+    providers: list[str]
+    intra_op_threads: int = 0  # 0: onnxruntime's choice (one per physical core)
+    spinning: bool = True
+
+
+def _int_setting(value: str | None, name: str) -> int:
+    if value is None or not value.strip():
+        return 0
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"onnxruntime: {name}: expected an integer, got {value!r}"
+        ) from None
+    if number < 0:
+        raise InvalidArgumentError(f"onnxruntime: {name}: expected >= 0, got {number}")
+    return number
+
+
+def read_settings(extra: Mapping[str, str], env: Mapping[str, str] | None = None) -> RunSettings:
+    """Settings from the environment (VACCEL_ORT_*) or ``Config.extra`` (``ort_*`` keys of
+    ``--vaccel-config``); the environment wins."""
+    env = os.environ if env is None else env
+    ort = import_ort()
+    wanted = env.get(PROVIDERS_ENV) or extra.get("ort_providers")
+    providers = choose_providers(wanted, ort.get_available_providers(), ort.get_all_providers())
+    threads = _int_setting(env.get(THREADS_ENV) or extra.get("ort_threads"), "threads")
+    spin = (env.get(SPINNING_ENV) or extra.get("ort_spinning") or "1").strip().lower()
+    return RunSettings(providers, threads, spin not in {"0", "false", "no", "off"})
+
+
+@dataclass
+class TensorSpec:
+    """One input or output of a model: name, numpy dtype (None if not a tensor) and shape."""
+
+    name: str
+    onnx_type: str
+    dtype: np.dtype[Any] | None
+    shape: list[int | str | None]
+
+    def describe(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        kind = self.dtype.name if self.dtype is not None else self.onnx_type
+        return f"{kind} of shape [{dims}]"
+
+    def accepts(self, array: np.ndarray) -> bool:
+        if self.dtype is None or array.dtype != self.dtype or array.ndim != len(self.shape):
+            return False
+        return all(
+            not isinstance(d, int) or d == n for d, n in zip(self.shape, array.shape, strict=True)
+        )
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape = [d if isinstance(d, (int, str)) else None for d in (arg.shape or [])]
+    shape = [None if isinstance(d, int) and d < 0 else d for d in shape]
+    return TensorSpec(arg.name, arg.type, _DTYPES.get(arg.type), shape)
+
+
+@dataclass
+class LoadedModel:
+    """An onnxruntime InferenceSession and what it was created from."""
+
+    key: str
+    path: Path
+    session: Any
+    providers: list[str]
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
+
+    def run(self, op: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the session; onnxruntime's own errors become vAccel errors naming ``op``."""
+        try:
+            results = self.session.run(None, feed)
+        except Exception as exc:
+            kind = type(exc).__name__
+            message = f"{op}: onnxruntime failed to run {self.path.name}: {kind}: {exc}"
+            if kind in {"InvalidArgument", "INVALID_ARGUMENT"}:
+                raise InvalidArgumentError(message) from exc
+            raise
+        return {spec.name: value for spec, value in zip(self.outputs, results, strict=True)}
+
+
+def create_session(key: str, model: Path | bytes, settings: RunSettings, label: str) -> LoadedModel:
+    """Create an InferenceSession on ``settings.providers`` and log the providers that
+    onnxruntime actually chose (it falls back to CPU silently when CUDA cannot start)."""
+    ort = import_ort()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.inter_op_num_threads = 1
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.log_severity_level = 3  # errors only: provider fallback is reported by us, below
+    if not settings.spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        session = ort.InferenceSession(source, sess_options=options, providers=settings.providers)
+    except Exception as exc:
+        raise InvalidArgumentError(
+            f"onnxruntime cannot load {label} as an ONNX model: {type(exc).__name__}: {exc}"
+        ) from exc
+    in_use = list(session.get_providers())
+    logger.info(
+        "onnxruntime: %s runs on %s (requested %s)",
+        label,
+        ", ".join(in_use),
+        ", ".join(settings.providers),
+    )
+    path = model if isinstance(model, Path) else Path(label)
+    return LoadedModel(
+        key,
+        path,
+        session,
+        in_use,
+        [_spec(a) for a in session.get_inputs()],
+        [_spec(a) for a in session.get_outputs()],
+    )
+
+
+def build_feed(
+    op: str,
+    model: LoadedModel,
+    label: str,
+    inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Match arrays to the model's inputs (by name, or by position) and check dtype and
+    shape; errors say what the model expects and what was given."""
+    specs = model.inputs
+    names = ", ".join(repr(s.name) for s in specs)
+    if isinstance(inputs, Mapping):
+        by_name = {s.name: s for s in specs}
+        for name in inputs:
+            if name not in by_name:
+                raise InvalidArgumentError(
+                    f"{op}: input {name!r}: not an input of {label} (its inputs: {names})"
+                )
+        missing = [s for s in specs if s.name not in inputs]
+        if missing:
+            s = missing[0]
+            raise InvalidArgumentError(
+                f"{op}: input {s.name!r}: missing, expected {s.describe()} (inputs of {label}: "
+                f"{names})"
+            )
+        pairs = [(s, inputs[s.name]) for s in specs]
+    else:
+        if len(inputs) != len(specs):
+            raise InvalidArgumentError(
+                f"{op}: argument 'inputs': expected {len(specs)} arrays for the inputs of "
+                f"{label} ({names}), got {len(inputs)}"
+            )
+        pairs = list(zip(specs, inputs, strict=True))
+    feed: dict[str, np.ndarray] = {}
+    for spec, array in pairs:
+        if spec.dtype is None:
+            raise NotSupportedError(
+                f"{op}: input {spec.name!r} of {label} is a {spec.onnx_type}; only tensor inputs "
+                "are supported"
+            )
+        if not spec.accepts(array):
+            raise InvalidArgumentError(
+                f"{op}: input {spec.name!r}: expected {spec.describe()}, got {array.dtype} "
+                f"{tuple(array.shape)}"
+            )
+        feed[spec.name] = array
+    return feed
