@@ -19,11 +19,14 @@ def _ops(info: PluginInfo) -> list[str]:
     return sorted(op.value for op in info.cls.operations())
 
 
-def _details(info: PluginInfo) -> dict[str, Any]:
-    if info.instance is None or not hasattr(info.instance, "details"):
+def _details(registry: PluginRegistry, info: PluginInfo) -> dict[str, Any]:
+    """A backend's details(); available local backends are started to ask them (e.g. which
+    execution providers onnxruntime really runs), a remote one only if already running."""
+    if info.instance is None and (not info.available or info.cls.type & PluginType.REMOTE):
         return {}
     try:
-        return dict(info.instance.details())
+        instance = info.instance or registry.backend(info.name)
+        return dict(instance.details())
     except Exception as exc:  # reporting must not fail because a backend did
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -45,7 +48,7 @@ def plugins_report(registry: PluginRegistry) -> dict[str, Any]:
             data["type"] = PluginType(info.cls.type).names()
             data["type_flags"] = int(info.cls.type)
             data["operations"] = _ops(info)
-            data["details"] = _details(info)
+            data["details"] = _details(registry, info)
         return data
 
     return {
