@@ -8,6 +8,7 @@ import io
 import os
 import pickle
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -499,3 +500,41 @@ def test_command_line(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == str(cache / "efficientnet-lite0.onnx")
     assert models.main(["verify"]) == 1
     assert models.main(["frobnicate"]) == 2
+
+
+def test_a_pickle_cannot_alter_the_allowed_globals() -> None:
+    """BUILD on an allowed global (torch.FloatStorage) must fail, not change it for later loads."""
+    evil = b"\x80\x02ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypeX\x01\x00\x00\x00Osb."
+    with pytest.raises(efficientnet.WeightsFormatError):
+        efficientnet.load_torch_state_dict(io.BytesIO(_legacy_prefix() + evil))
+    assert efficientnet._ALLOWED_GLOBALS[("torch", "FloatStorage")].dtype == np.float32  # type: ignore[attr-defined]
+
+
+def test_rejects_negative_tensor_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _write_legacy(monkeypatch, {"w": ("k", np.zeros(4, np.float32), 0, (-2, 3), (3, 1))})
+    with pytest.raises(efficientnet.WeightsFormatError, match="bad tensor size"):
+        efficientnet.load_torch_state_dict(io.BytesIO(data))
+
+
+def test_concurrent_processes_build_once(cache: Path) -> None:
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    _weights_path()
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, VACCEL_CACHE_DIR=str(cache))
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    code = "from vaccel_plugins.onnxruntime import models; print(models.ensure_model())"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    assert {out.strip() for out, _ in outputs} == {str(cache / "efficientnet-lite0.onnx")}
+    assert sum("(one time)" in err for _, err in outputs) == 1
+    assert models.verify_model()[0]

@@ -225,7 +225,10 @@ def test_preprocess_guards_against_decompression_bombs(
 ) -> None:
     data = _encode(Image.new("RGB", (100, 100)))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # 10000 pixels: over it
-    with pytest.raises(ValueError, match="100x100 pixels exceeds the limit of 5000"):
+    with (
+        pytest.warns(Image.DecompressionBombWarning),
+        pytest.raises(ValueError, match="100x100 pixels exceeds the limit of 5000"),
+    ):
         imagenet.preprocess(data)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # over twice: Pillow's own error
     with pytest.raises(ValueError, match="decompression bomb"):

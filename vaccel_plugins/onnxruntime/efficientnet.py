@@ -83,7 +83,7 @@ _STORAGE_DTYPES: dict[str, np.dtype[Any]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a pickle BUILD cannot alter the shared instances
 class _StorageType:
     """Stand-in for ``torch.FloatStorage`` and friends: only carries the dtype."""
 
@@ -149,9 +149,18 @@ def _rebuild_tensor_v2(
     del requires_grad, backward_hooks, metadata
     if not isinstance(storage, _Storage):
         raise WeightsFormatError("tensor rebuilt from something that is not a storage")
-    if len(size) != len(stride):
-        raise WeightsFormatError(f"tensor size {size} and stride {stride} differ in length")
-    return _LazyTensor(storage, int(storage_offset), tuple(size), tuple(stride))
+    if not (_is_index_tuple(size) and _is_index_tuple(stride) and len(size) == len(stride)):
+        raise WeightsFormatError(f"bad tensor size {size!r} or stride {stride!r}")
+    if not isinstance(storage_offset, int) or storage_offset < 0:
+        raise WeightsFormatError(f"bad tensor storage offset {storage_offset!r}")
+    return _LazyTensor(storage, storage_offset, tuple(size), tuple(stride))
+
+
+def _is_index_tuple(value: object) -> bool:
+    """A tuple of non-negative ints (sizes and strides of a tensor)."""
+    return isinstance(value, tuple) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value
+    )
 
 
 def _rebuild_tensor(
@@ -284,7 +293,10 @@ def load_torch_state_dict(source: str | os.PathLike[str] | IO[bytes]) -> dict[st
         if storage is None:
             raise WeightsFormatError(f"storage {key!r} listed but never used")
         _read_storage_data(file, storage)
-    state = _materialize(result)
+    try:
+        state = _materialize(result)
+    except RecursionError as exc:
+        raise WeightsFormatError("the pickle nests too deeply") from exc
     if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
         raise WeightsFormatError("the file does not hold a state dict of tensors")
     return dict(state)
