@@ -203,10 +203,13 @@ def _check(info: ModelInfo, path: Path, *, use_memo: bool = True) -> tuple[bool,
         return False, f"no valid sha256 record for {path} ({exc})"
     if builder != BUILDER_VERSION or source != info.source_sha256:
         return False, f"{path} was built by another converter version or from other weights"
-    key = _stat_key(path)
-    if use_memo and _verified.get(path) == key:
-        return True, f"ok: {path} (sha256 {expected})"
-    actual = _sha256(path)
+    try:
+        key = _stat_key(path)
+        if use_memo and _verified.get(path) == key:
+            return True, f"ok: {path} (sha256 {expected})"
+        actual = _sha256(path)
+    except OSError as exc:
+        return False, f"cannot read {path} ({exc})"
     if actual != expected:
         _verified.pop(path, None)
         return False, f"sha256 mismatch for {path}: recorded {expected}, file has {actual}"
