@@ -42,11 +42,11 @@ from .rundir import RunDirs
 if TYPE_CHECKING:
     from vaccel_core import Session
 
-#: Modules the backend needs; all three are checked by probe() without importing them.
+#: Modules the backend needs, checked by probe() without importing them, with where they come from.
 REQUIRED_MODULES = (
-    ("jetson_inference", "NVIDIA jetson-inference (JetPack on a Jetson; not on PyPI)"),
-    ("jetson_utils", "NVIDIA jetson-utils (built with jetson-inference)"),
-    ("PIL", "Pillow (pip install pillow)"),
+    ("jetson_inference", "jetson-inference, built on a Jetson with JetPack; not on PyPI"),
+    ("jetson_utils", "jetson-inference, built on a Jetson with JetPack; not on PyPI"),
+    ("PIL", "pip install pillow"),
 )
 
 #: Key in ``session.meta`` holding the session's run folder (a str).
@@ -87,15 +87,20 @@ class JetsonBackend(Backend):
     # Availability ----------------------------------------------------------------------------
     @classmethod
     def probe(cls) -> str | None:
-        missing = []
-        for module, what in REQUIRED_MODULES:
+        missing: dict[str, list[str]] = {}
+        for module, source in REQUIRED_MODULES:
             try:
                 found = importlib.util.find_spec(module) is not None
             except (ImportError, ValueError):
                 found = False
             if not found:
-                missing.append(f"{module} is not importable: {what}")
-        return "; ".join(missing) if missing else None
+                missing.setdefault(source, []).append(module)
+        if not missing:
+            return None
+        return "; ".join(
+            f"{' and '.join(mods)} {'is' if len(mods) == 1 else 'are'} not importable ({source})"
+            for source, mods in missing.items()
+        )
 
     def _jetson(self) -> tuple[Any, Any]:
         """jetson_inference and jetson_utils, imported on first use."""
