@@ -1,0 +1,203 @@
+"""What travels over the control socket and inside descriptor chains.
+
+Control socket (``SOCK_SEQPACKET``, unix): vhost-user style requests, one JSON object per
+packet, file descriptors attached with ``SCM_RIGHTS``; the device answers each with
+``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. After set-up the device may send
+``{"event": "chain_error", "head": H, "reason": "..."}`` before completing a chain it rejected.
+
+A request is one descriptor chain::
+
+    device-readable:  [request header + method name] [payload] [buffer 0] ... [buffer n-1]
+    device-writable:  [reply header (REPLY_HEADER_BYTES)] [reply data area]
+
+The reply data area receives the reply payload at offset 0 and each reply buffer after it,
+64-byte aligned (:func:`data_layout`). When the reply does not fit, the device keeps it and
+answers ``NEED_SPACE`` with the sizes and a token; the driver then sends a ``FETCH`` chain with
+a large enough data area (the operation is not run twice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+CONTROL_PACKET_BYTES = 65536
+MAX_CONTROL_FDS = 4
+
+# Request header -------------------------------------------------------------------------------
+REQ_MAGIC = b"VMRQ"
+REQ_HEADER = struct.Struct("<4sHHIIQ")  # magic, version, kind, method_len, nbuf, token
+KIND_CALL = 1
+KIND_FETCH = 2
+MAX_METHOD_BYTES = 1024
+
+# Reply header ---------------------------------------------------------------------------------
+REP_MAGIC = b"VMRP"
+REP_HEADER = struct.Struct("<4sHHiIQQ")  # magic, version, kind, errno, nbuf, token, payload_len
+REP_LEN = struct.Struct("<Q")
+REPLY_OK = 0
+REPLY_ERROR = 1
+REPLY_NEED_SPACE = 2
+REPLY_HEADER_BYTES = 4096
+MAX_REPLY_BUFFERS = (REPLY_HEADER_BYTES - REP_HEADER.size) // REP_LEN.size
+
+DATA_ALIGN = 64
+
+
+class ProtocolError(Exception):
+    """A control message, chain or header that does not follow the protocol."""
+
+
+def align(value: int, alignment: int = DATA_ALIGN) -> int:
+    return (value + alignment - 1) & ~(alignment - 1)
+
+
+def data_layout(payload_len: int, buffer_lens: Sequence[int]) -> tuple[list[int], int]:
+    """Offsets of each buffer in a reply data area (payload first, at 0) and the total size."""
+    offsets = []
+    end = payload_len
+    for n in buffer_lens:
+        start = align(end)
+        offsets.append(start)
+        end = start + n
+    return offsets, end
+
+
+# Request header ---------------------------------------------------------------------------
+def pack_request_header(kind: int, method: str, nbuf: int, token: int = 0) -> bytes:
+    name = method.encode()
+    if len(name) > MAX_METHOD_BYTES:
+        raise ProtocolError(f"method name: at most {MAX_METHOD_BYTES} bytes, got {len(name)}")
+    return REQ_HEADER.pack(REQ_MAGIC, PROTOCOL_VERSION, kind, len(name), nbuf, token) + name
+
+
+@dataclass(frozen=True)
+class RequestHeader:
+    kind: int
+    method: str
+    nbuf: int
+    token: int
+
+
+def unpack_request_header(data: memoryview) -> RequestHeader:
+    if len(data) < REQ_HEADER.size:
+        raise ProtocolError(
+            f"request header: expected at least {REQ_HEADER.size} bytes, got {len(data)}"
+        )
+    magic, version, kind, method_len, nbuf, token = REQ_HEADER.unpack_from(data)
+    if magic != REQ_MAGIC:
+        raise ProtocolError(f"request header: bad magic {bytes(magic)!r} (expected {REQ_MAGIC!r})")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"request header: version {version}, this device speaks 1")
+    if kind not in (KIND_CALL, KIND_FETCH):
+        raise ProtocolError(f"request header: unknown kind {kind}")
+    if method_len > MAX_METHOD_BYTES or REQ_HEADER.size + method_len > len(data):
+        raise ProtocolError(
+            f"request header: method name of {method_len} bytes does not fit the "
+            f"{len(data)}-byte header descriptor"
+        )
+    raw = bytes(data[REQ_HEADER.size : REQ_HEADER.size + method_len])
+    try:
+        method = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"request header: method name is not UTF-8: {raw!r}") from exc
+    return RequestHeader(kind, method, nbuf, token)
+
+
+# Reply header -----------------------------------------------------------------------------
+def pack_reply_ok(payload_len: int, buffer_lens: Sequence[int]) -> bytes:
+    head = REP_HEADER.pack(
+        REP_MAGIC, PROTOCOL_VERSION, REPLY_OK, 0, len(buffer_lens), 0, payload_len
+    )
+    return head + b"".join(REP_LEN.pack(n) for n in buffer_lens)
+
+
+def pack_reply_need_space(token: int, payload_len: int, buffer_lens: Sequence[int]) -> bytes:
+    head = REP_HEADER.pack(
+        REP_MAGIC, PROTOCOL_VERSION, REPLY_NEED_SPACE, 0, len(buffer_lens), token, payload_len
+    )
+    return head + b"".join(REP_LEN.pack(n) for n in buffer_lens)
+
+
+def pack_reply_error(status: str, message: str, code: int) -> bytes:
+    room = REPLY_HEADER_BYTES - REP_HEADER.size
+    text = json.dumps({"status": status, "message": message}).encode()
+    if len(text) > room:
+        cut = message.encode()[: room - 200].decode(errors="ignore") + " [truncated]"
+        text = json.dumps({"status": status, "message": cut}).encode()
+    return REP_HEADER.pack(REP_MAGIC, PROTOCOL_VERSION, REPLY_ERROR, code, 0, 0, len(text)) + text
+
+
+@dataclass(frozen=True)
+class ReplyHeader:
+    kind: int
+    code: int
+    token: int
+    payload_len: int
+    buffer_lens: tuple[int, ...]
+    status: str = ""
+    message: str = ""
+
+
+def unpack_reply_header(data: memoryview | bytes, written: int) -> ReplyHeader:
+    if written < REP_HEADER.size:
+        raise ProtocolError(f"reply header: device wrote {written} bytes, need {REP_HEADER.size}")
+    magic, version, kind, code, nbuf, token, payload_len = REP_HEADER.unpack_from(data)
+    if magic != REP_MAGIC or version != PROTOCOL_VERSION:
+        raise ProtocolError(f"reply header: bad magic/version {bytes(magic)!r}/{version}")
+    if kind == REPLY_ERROR:
+        end = REP_HEADER.size + payload_len
+        info = json.loads(bytes(data[REP_HEADER.size : end]).decode())
+        return ReplyHeader(kind, code, 0, 0, (), str(info["status"]), str(info["message"]))
+    if nbuf > MAX_REPLY_BUFFERS:
+        raise ProtocolError(f"reply header: {nbuf} buffers > {MAX_REPLY_BUFFERS}")
+    lens = tuple(
+        REP_LEN.unpack_from(data, REP_HEADER.size + REP_LEN.size * i)[0] for i in range(nbuf)
+    )
+    return ReplyHeader(kind, code, token, payload_len, lens)
+
+
+# Control socket -----------------------------------------------------------------------------
+def send_control(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    data = json.dumps(message).encode()
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.send(data)
+
+
+def recv_control(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    """One control packet: (message, fds), or (None, []) at end of stream."""
+    data, fds, flags, _addr = socket.recv_fds(sock, CONTROL_PACKET_BYTES, MAX_CONTROL_FDS)
+    if not data:
+        for fd in fds:
+            _close_quietly(fd)
+        return None, []
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        for fd in fds:
+            _close_quietly(fd)
+        raise ProtocolError("control message truncated (too large or too many fds)")
+    try:
+        message = json.loads(data.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        for fd in fds:
+            _close_quietly(fd)
+        raise ProtocolError(f"control message is not JSON: {data[:80]!r}") from exc
+    if not isinstance(message, dict):
+        for fd in fds:
+            _close_quietly(fd)
+        raise ProtocolError(f"control message: expected a JSON object, got {data[:80]!r}")
+    return message, list(fds)
+
+
+def _close_quietly(fd: int) -> None:
+    import os
+
+    with contextlib.suppress(OSError):
+        os.close(fd)
