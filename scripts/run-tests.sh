@@ -4,18 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# pyenv installs several interpreters but its shims only expose the selected ones: select the
-# newest patch release of each version tox needs, so that tox can find python3.10 ... 3.13.
+# pyenv installs several interpreters but its shims expose only the selected ones: put the
+# newest patch release of each version tox needs on PATH, so tox finds python3.10 ... 3.13.
 if command -v pyenv >/dev/null 2>&1; then
-    versions=()
-    for minor in 3.11 3.10 3.12 3.13; do
+    root=$(pyenv root)
+    for minor in 3.13 3.12 3.10 3.11; do
         v=$(pyenv versions --bare 2>/dev/null | grep -E "^${minor}\.[0-9]+$" | sort -V | tail -n 1 || true)
-        [ -n "$v" ] && versions+=("$v")
+        if [ -n "$v" ] && [ -d "$root/versions/$v/bin" ]; then
+            PATH="$root/versions/$v/bin:$PATH"
+        fi
     done
-    if [ "${#versions[@]}" -gt 0 ]; then
-        PYENV_VERSION=$(IFS=:; echo "${versions[*]}")
-        export PYENV_VERSION
-    fi
+    export PATH
 fi
 
 python=$(command -v python3.11 || command -v python3)
