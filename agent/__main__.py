@@ -1,0 +1,7 @@
+"""``python -m agent``: the same as ``vaccel-agent``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""``vaccel-agent``: serve the host's vAccel backends to remote clients.
+
+Started by Kata as ``vaccel-agent --server-address unix:///<dir>/kata.hvsock_2048`` (Go
+runtime, backends from VACCEL_BACKENDS) or ``vaccel-agent -a tcp://127.0.0.1:65500`` (Rust
+runtime, VACCEL_PLUGINS/VACCEL_LOG_LEVEL/VACCEL_PROFILING_ENABLED). Prints
+``Listening on '<address>'`` per address once it accepts connections; SIGTERM, SIGINT or SIGHUP
+stop it cleanly (exit status 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from vaccel_core.config import DEFAULT_RPC_ADDRESS, Config, parse_plugin_list, parse_vaccel_config
+from vaccel_core.errors import VaccelError
+from vaccel_core.log import configure_logging
+from vaccel_core.transport import DEFAULT_MAX_MESSAGE_BYTES, TransportOptions
+
+#: Seconds in-flight calls get to finish on a stop signal (Kata kills the agent after 5 s).
+STOP_GRACE = 3.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vaccel-agent",
+        description="Serve this host's vAccel backends to remote clients (rpc backend).",
+    )
+    parser.add_argument(
+        "-a",
+        "--server-address",
+        action="append",
+        dest="addresses",
+        metavar="URI",
+        help="address to listen on; repeat for several (unix:///PATH, tcp://HOST:PORT, "
+        f"vsock://CID:PORT); default {DEFAULT_RPC_ADDRESS}",
+    )
+    parser.add_argument(
+        "--plugins",
+        help="backends, in priority order (noop, libvaccel-noop.so, /usr/lib/libvaccel-X.so, "
+        "':' or ',' separated); default VACCEL_PLUGINS or VACCEL_BACKENDS",
+    )
+    parser.add_argument(
+        "--vaccel-config",
+        metavar="K=V,...",
+        help='vAccel settings, e.g. "plugins=libvaccel-noop.so,log_level=4"',
+    )
+    parser.add_argument(
+        "--session-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="release sessions idle for longer than this (default: only when the client goes)",
+    )
+    parser.add_argument(
+        "--log-level", type=int, choices=(1, 2, 3, 4), help="1 error, 2 warn, 3 info, 4 debug"
+    )
+    parser.add_argument(
+        "--max-message-size",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        metavar="BYTES",
+        help=f"largest message accepted or sent (default {DEFAULT_MAX_MESSAGE_BYTES})",
+    )
+    parser.add_argument(
+        "--socket-mode",
+        type=lambda v: int(v, 8),
+        default=0o600,
+        metavar="OCTAL",
+        help="permissions of unix sockets (default 600: owner only)",
+    )
+    return parser
+
+
+def make_config(args: argparse.Namespace) -> Config:
+    """Environment, then --vaccel-config, then --plugins/--log-level."""
+    config = Config.from_env()
+    if args.vaccel_config:
+        config.apply(parse_vaccel_config(args.vaccel_config))
+    if args.plugins:
+        config.plugins = parse_plugin_list(args.plugins) or None
+    if args.log_level:
+        config.log_level = args.log_level
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = make_config(args)
+    except VaccelError as exc:
+        print(f"vaccel-agent: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config)
+    from .server import Agent
+
+    addresses = args.addresses or [os.environ.get("VACCEL_AGENT_ADDRESS") or DEFAULT_RPC_ADDRESS]
+    options = TransportOptions(
+        max_message_bytes=args.max_message_size, unix_socket_mode=args.socket_mode
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    agent = Agent(addresses, config=config, options=options, session_ttl=args.session_ttl)
+    try:
+        agent.start()
+    except VaccelError as exc:
+        print(f"vaccel-agent: error: {exc}", file=sys.stderr)
+        return 1
+    for address in agent.bound_addresses:
+        print(f"Listening on '{address}'", flush=True)
+    while not stop.wait(0.5):
+        pass
+    agent.stop(grace=STOP_GRACE)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

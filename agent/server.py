@@ -1,0 +1,130 @@
+"""The embeddable agent: serve the agent service on one or more addresses at once.
+
+Used by ``vaccel-agent`` and by runtimes that host the agent in their own process (Kata's
+"integrated" mode)::
+
+    with Agent(["unix:///run/vaccel.sock", "tcp://127.0.0.1:0"]) as agent:
+        print(agent.bound_addresses)
+        agent.wait()
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from vaccel_core.config import Config, get_config
+from vaccel_core.dispatch import candidate_infos
+from vaccel_core.errors import InvalidArgumentError
+from vaccel_core.log import ensure_logging
+from vaccel_core.plugins import get_registry
+from vaccel_core.transport import Address, Listener, TransportOptions
+
+from .service import AgentService, logger
+
+
+class Agent:
+    """The vAccel agent on ``addresses`` (``unix://``, ``tcp://``, ``vsock://``, ...)."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        config: Config | None = None,
+        options: TransportOptions | None = None,
+        session_ttl: float | None = None,
+    ) -> None:
+        if isinstance(addresses, str):
+            addresses = [addresses]
+        if not addresses:
+            raise InvalidArgumentError("Agent: expected at least one address to listen on")
+        self.addresses = [Address.parse(a) for a in addresses]
+        self.config = config or get_config()
+        self.options = options or TransportOptions()
+        self.session_ttl = session_ttl
+        self.service: AgentService | None = None
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._started = False
+        self._reaper: threading.Thread | None = None
+
+    # Lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Listen on every address; returns when all accept connections (logging
+        ``Listening on '<address>'`` for each). On any failure nothing is left listening."""
+        with self._lock:
+            if self._started:
+                raise InvalidArgumentError("Agent.start: the agent is already started")
+            self._started = True
+        ensure_logging(self.config)
+        registry = get_registry()
+        candidate_infos(registry, self.config)  # fail now if the backends are unusable
+        self.service = AgentService(self.config, registry, session_ttl=self.session_ttl)
+        try:
+            for address in self.addresses:
+                transport = registry.transport(address.scheme)
+                listener = transport.listen(address, self.service, self.options)
+                self._listeners.append(listener)
+                logger.info("Listening on '%s'", listener.address)
+        except BaseException:
+            self._shutdown(0.0)
+            raise
+        if self.service.session_ttl is not None:
+            self._reaper = threading.Thread(
+                target=self._reap_loop, name="vaccel-agent-reaper", daemon=True
+            )
+            self._reaper.start()
+
+    def _reap_loop(self) -> None:
+        assert self.service is not None and self.service.session_ttl is not None
+        period = min(max(self.service.session_ttl / 4, 0.05), 5.0)
+        while not self._stopped.wait(period):
+            try:
+                self.service.reap()
+            except Exception:
+                logger.exception("releasing idle sessions failed")
+
+    @property
+    def bound_addresses(self) -> list[str]:
+        """The addresses actually listened on (``tcp://127.0.0.1:0`` gets its real port)."""
+        return [listener.address for listener in self._listeners]
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Report NOT_SERVING, let in-flight calls finish (within ``grace`` seconds), release
+        every session and remove socket files. Idempotent."""
+        with self._lock:
+            if self._stopped.is_set():
+                return
+        self._shutdown(grace)
+
+    def _shutdown(self, grace: float) -> None:
+        listeners = list(self._listeners)
+        for listener in listeners:
+            not_serving: Any = getattr(listener, "set_not_serving", None)
+            if not_serving is not None:
+                not_serving()
+        if listeners:
+            with ThreadPoolExecutor(max_workers=len(listeners)) as pool:
+                for future in [pool.submit(lst.stop, grace) for lst in listeners]:
+                    try:
+                        future.result()
+                    except Exception:
+                        logger.exception("stopping a listener failed")
+        if self.service is not None:
+            self.service.close()
+        self._stopped.set()
+        logger.info("agent stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the agent is stopped (True), or ``timeout`` passes (False)."""
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> Agent:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,460 @@
+"""The agent service: one transport-agnostic handler for every method of agent.proto.
+
+Sessions are ordinary :class:`vaccel_core.Session` objects made with the agent's own
+configuration (the host's backends), so the same dispatcher runs them. Each belongs to the
+client connection (peer) that created it: another peer gets NOT_FOUND. When a peer goes away,
+or a session stays idle past the TTL, the agent releases it and its resources. Resource files
+arrive as blobs kept by sha256 (:mod:`agent.blobs`); registering a file the agent already holds
+sends only its digest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vaccel_core import __version__
+from vaccel_core.config import Config
+from vaccel_core.errors import (
+    BackendError,
+    InvalidArgumentError,
+    NotFoundError,
+    VaccelError,
+)
+from vaccel_core.flags import PluginType
+from vaccel_core.log import logger as _vaccel_logger
+from vaccel_core.ops import CATALOG, ResourceType
+from vaccel_core.plugins import PluginRegistry
+from vaccel_core.resource import Resource
+from vaccel_core.session import Session
+from vaccel_core.transport import Buffer, CallError, Message, Peer
+from vaccel_plugins.rpc import codec
+
+from .blobs import BlobStore, check_digest
+
+logger = _vaccel_logger.getChild("agent")
+
+STATUS_BY_ERRNO = {
+    errno.EINVAL: "INVALID_ARGUMENT",
+    errno.ENOENT: "NOT_FOUND",
+    errno.ENOTSUP: "UNIMPLEMENTED",
+    errno.ENOMEM: "RESOURCE_EXHAUSTED",
+    errno.ECONNRESET: "FAILED_PRECONDITION",
+    errno.EPROTO: "INTERNAL",
+    errno.EREMOTEIO: "UNAVAILABLE",
+    errno.EIO: "INTERNAL",
+}
+
+
+def call_error(exc: VaccelError) -> CallError:
+    """The CallError (gRPC-style status + upstream code) a transport reports for ``exc``."""
+    if isinstance(exc, CallError):
+        return exc
+    return CallError(STATUS_BY_ERRNO.get(exc.code, "UNKNOWN"), exc.message, code=exc.code)
+
+
+def _check_file_name(name: str) -> str:
+    if not name or "/" in name or "\0" in name or name in {".", ".."}:
+        raise InvalidArgumentError(
+            f"RegisterResource: argument 'files': expected a plain file name, got {name!r}"
+        )
+    return name
+
+
+@dataclass
+class _AgentResource:
+    resource: Resource
+    digests: list[str]
+    folder: Path
+
+
+@dataclass
+class _AgentSession:
+    id: int
+    owner: str
+    session: Session
+    resources: dict[int, _AgentResource] = field(default_factory=dict)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+Reply = tuple[Any, Sequence[Buffer]]
+
+
+class AgentService:
+    """Implements :class:`vaccel_core.transport.Handler` for the agent protocol."""
+
+    def __init__(
+        self,
+        config: Config,
+        registry: PluginRegistry,
+        *,
+        session_ttl: float | None = None,
+        blob_root: Path | None = None,
+        inline_limit: int = codec.INLINE_LIMIT,
+    ) -> None:
+        from vaccel_core.proto import pb
+
+        self.pb = pb()
+        self.config = config
+        self.registry = registry
+        self.session_ttl = session_ttl if session_ttl and session_ttl > 0 else None
+        self.inline_limit = inline_limit
+        self.blobs = BlobStore(blob_root)
+        self._lock = threading.RLock()
+        self._sessions: dict[int, _AgentSession] = {}
+        self._peers: set[str] = set()
+        self._closed = False
+        self.sessions_released = 0
+        p = self.pb
+        self._methods: dict[str, tuple[Any, Callable[[Any, Sequence[Buffer], Peer], Reply]]] = {
+            "GetStatus": (p.StatusRequest, self._status),
+            "CreateSession": (p.CreateSessionRequest, self._create_session),
+            "UpdateSession": (p.UpdateSessionRequest, self._update_session),
+            "DestroySession": (p.DestroySessionRequest, self._destroy_session),
+            "PutBlob": (p.PutBlobRequest, self._put_blob),
+            "RegisterResource": (p.RegisterResourceRequest, self._register_resource),
+            "UnregisterResource": (p.UnregisterResourceRequest, self._unregister_resource),
+            "SyncResource": (p.SyncResourceRequest, self._sync_resource),
+            "Run": (p.OpRequest, self._run),
+        }
+
+    # Handler -------------------------------------------------------------------------------
+    def handle(self, method: str, request: Message, peer: Peer) -> Message:
+        entry = self._methods.get(method)
+        if entry is None:
+            raise CallError(
+                "UNIMPLEMENTED",
+                f"{method}: no such method in vaccel.agent.v1.Agent "
+                f"(known: Attach, {', '.join(self._methods)})",
+                code=errno.ENOTSUP,
+            )
+        request_type, impl = entry
+        msg = request_type()
+        try:
+            msg.ParseFromString(request.payload)
+        except Exception as exc:
+            raise CallError(
+                "INVALID_ARGUMENT",
+                f"{method}: malformed request: expected a {request_type.DESCRIPTOR.full_name} "
+                f"message ({exc})",
+                code=errno.EINVAL,
+            ) from None
+        try:
+            reply, buffers = impl(msg, request.buffers, peer)
+        except VaccelError as exc:
+            logger.debug("%s from peer %s failed: %s", method, peer.id, exc)
+            raise call_error(exc) from exc
+        return Message(reply.SerializeToString(), tuple(buffers))
+
+    def peer_connected(self, peer: Peer) -> None:
+        with self._lock:
+            self._peers.add(peer.id)
+        logger.info("client %s connected (%s)", peer.id, peer.description)
+
+    def peer_disconnected(self, peer: Peer) -> None:
+        with self._lock:
+            self._peers.discard(peer.id)
+            gone = [s for s in self._sessions.values() if s.owner == peer.id]
+        for record in gone:
+            self._release(record, "its client disconnected")
+        self.blobs.drop_unused(owner=peer.id)
+        logger.info(
+            "client %s disconnected (%s); released %d session(s)",
+            peer.id,
+            peer.description,
+            len(gone),
+        )
+        self._log_counts()
+
+    # Bookkeeping ---------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """How many sessions, resources, blobs and peers the agent holds."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+            peers = len(self._peers)
+        return {
+            "sessions": len(sessions),
+            "resources": sum(len(s.resources) for s in sessions),
+            "blobs": self.blobs.count,
+            "blob_bytes": self.blobs.nbytes,
+            "peers": peers,
+        }
+
+    def _log_counts(self) -> None:
+        if logger.isEnabledFor(10):
+            c = self.counts()
+            logger.debug(
+                "agent holds %d session(s), %d resource(s), %d blob(s) (%d bytes), %d client(s)",
+                c["sessions"],
+                c["resources"],
+                c["blobs"],
+                c["blob_bytes"],
+                c["peers"],
+            )
+
+    def _session(self, session_id: int, peer: Peer, what: str) -> _AgentSession:
+        with self._lock:
+            record = self._sessions.get(session_id)
+            if record is None or record.owner != peer.id:
+                # The same answer whether it never existed or belongs to another client.
+                raise NotFoundError(f"{what}: session {session_id} not found")
+            record.last_used = time.monotonic()
+            return record
+
+    def _release(self, record: _AgentSession, why: str) -> None:
+        with self._lock:
+            if self._sessions.pop(record.id, None) is None:
+                return
+            self.sessions_released += 1 if why != "destroyed" else 0
+        try:
+            record.session.release()
+        finally:
+            for res in record.resources.values():
+                self._drop_files(res)
+            record.resources.clear()
+        logger.info("session %d (client %s) released: %s", record.id, record.owner, why)
+
+    def _drop_files(self, res: _AgentResource) -> None:
+        shutil.rmtree(res.folder, ignore_errors=True)
+        self.blobs.release(res.digests)
+
+    def reap(self, now: float | None = None) -> int:
+        """Release sessions idle for longer than the TTL; returns how many."""
+        if self.session_ttl is None:
+            return 0
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            idle = [s for s in self._sessions.values() if now - s.last_used > self.session_ttl]
+        for record in idle:
+            self._release(record, f"idle for more than {self.session_ttl:g} s")
+        self.blobs.drop_unused(idle=max(self.session_ttl, 60.0))
+        if idle:
+            self._log_counts()
+        return len(idle)
+
+    def close(self) -> None:
+        """Release every session and delete every blob (the agent is stopping)."""
+        with self._lock:
+            self._closed = True
+            records = list(self._sessions.values())
+        for record in records:
+            self._release(record, "the agent is stopping")
+        self.blobs.close()
+
+    # Methods -------------------------------------------------------------------------------
+    def _status(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
+        c = self.counts()
+        reply = self.pb.StatusResponse(
+            version=__version__,
+            sessions=c["sessions"],
+            resources=c["resources"],
+            blobs=c["blobs"],
+            blob_bytes=c["blob_bytes"],
+            peers=c["peers"],
+            backends=[i.name for i in self.registry.backends.values() if i.available],
+            blob_uploads=self.blobs.uploads_completed,
+            blob_hits=self.blobs.hits,
+            session_ttl=self.session_ttl or 0.0,
+            sessions_released=self.sessions_released,
+        )
+        return reply, ()
+
+    def _new_session(self, flags: int) -> Session:
+        return Session(
+            int(flags) & ~int(PluginType.REMOTE), config=self.config, registry=self.registry
+        )
+
+    def _create_session(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
+        if self._closed:
+            raise CallError("UNAVAILABLE", "CreateSession: the agent is stopping", code=errno.EIO)
+        session = self._new_session(msg.flags)
+        session.meta["peer"] = peer.id
+        with self._lock:
+            wire_id = secrets.randbits(52) or 1
+            while wire_id in self._sessions:
+                wire_id = secrets.randbits(52) or 1
+            self._sessions[wire_id] = _AgentSession(wire_id, peer.id, session)
+        logger.info(
+            "session %d created for client %s with backends %s (flags 0x%x)",
+            wire_id,
+            peer.id,
+            ", ".join(b.name for b in session.backends),
+            msg.flags,
+        )
+        self._log_counts()
+        reply = self.pb.CreateSessionResponse(
+            session_id=wire_id, backends=[b.name for b in session.backends]
+        )
+        return reply, ()
+
+    def _update_session(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
+        record = self._session(msg.session_id, peer, "UpdateSession")
+        new = self._new_session(msg.flags)
+        new.meta["peer"] = peer.id
+        old = record.session
+        moved: list[Resource] = []
+        try:
+            for res in record.resources.values():
+                res.resource.register(new)
+                moved.append(res.resource)
+        except BaseException:
+            new.release()
+            raise
+        for resource in moved:
+            with contextlib.suppress(VaccelError):
+                resource.unregister(old)
+        record.session = new
+        old.release()
+        reply = self.pb.UpdateSessionResponse(backends=[b.name for b in new.backends])
+        return reply, ()
+
+    def _destroy_session(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
+        record = self._session(msg.session_id, peer, "DestroySession")
+        self._release(record, "destroyed")
+        self._log_counts()
+        return self.pb.DestroySessionResponse(), ()
+
+    def _put_blob(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
+        chunk = codec.Decoder(buffers, "PutBlob").data(msg.data, "data")
+        received = self.blobs.put(msg.sha256, msg.size, msg.offset, memoryview(chunk), peer.id)
+        complete = received == msg.size and self.blobs.has(msg.sha256)
+        return self.pb.PutBlobResponse(complete=complete, received=received), ()
+
+    def _register_resource(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
+        record = self._session(msg.session_id, peer, "RegisterResource")
+        try:
+            rtype = ResourceType(msg.type)
+        except ValueError:
+            raise InvalidArgumentError(
+                f"RegisterResource: argument 'type': expected one of "
+                f"{', '.join(f'{t.value} ({t.name})' for t in ResourceType)}, got {msg.type}"
+            ) from None
+        if not msg.files:
+            raise InvalidArgumentError("RegisterResource: argument 'files': expected at least one")
+        names: list[str] = []
+        digests: list[str] = []
+        for f in msg.files:
+            name = _check_file_name(f.name)
+            if name in names:
+                raise InvalidArgumentError(
+                    f"RegisterResource: argument 'files': duplicate file name {name!r}"
+                )
+            names.append(name)
+            digests.append(check_digest(f.sha256, f"RegisterResource: file {name!r}"))
+        missing = sorted({d for d in digests if not self.blobs.has(d)})
+        if missing:
+            return self.pb.RegisterResourceResponse(missing_blobs=missing), ()
+        for f, digest in zip(msg.files, digests):
+            size = self.blobs.size(digest)
+            if f.size != size:
+                raise InvalidArgumentError(
+                    f"RegisterResource: file {f.name!r}: size {f.size} differs from the "
+                    f"{size} bytes of blob {digest[:12]}"
+                )
+        self.blobs.acquire(digests)
+        self.blobs.hits += len(digests)
+        folder = Path(tempfile.mkdtemp(prefix="resource-", dir=self.blobs.root))
+        try:
+            paths = []
+            for name, digest in zip(names, digests):
+                target = folder / name
+                try:
+                    os.link(self.blobs.path(digest), target)
+                except OSError:
+                    shutil.copyfile(self.blobs.path(digest), target)
+                paths.append(target)
+            resource = Resource(paths, rtype)
+            resource.register(record.session)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            self.blobs.release(digests)
+            raise
+        record.resources[resource.id] = _AgentResource(resource, digests, folder)
+        logger.debug(
+            "session %d: resource %d registered (%s, %s)",
+            record.id,
+            resource.id,
+            rtype.name,
+            ", ".join(names),
+        )
+        self._log_counts()
+        return self.pb.RegisterResourceResponse(resource_id=resource.id), ()
+
+    def _resource(self, record: _AgentSession, resource_id: int, what: str) -> _AgentResource:
+        res = record.resources.get(resource_id)
+        if res is None:
+            raise NotFoundError(
+                f"{what}: resource {resource_id} is not registered with session {record.id}"
+            )
+        return res
+
+    def _unregister_resource(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
+        record = self._session(msg.session_id, peer, "UnregisterResource")
+        res = self._resource(record, msg.resource_id, "UnregisterResource")
+        res.resource.unregister(record.session)
+        del record.resources[msg.resource_id]
+        self._drop_files(res)
+        self._log_counts()
+        return self.pb.UnregisterResourceResponse(), ()
+
+    def _sync_resource(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
+        record = self._session(msg.session_id, peer, "SyncResource")
+        res = self._resource(record, msg.resource_id, "SyncResource")
+        reply = self.pb.SyncResourceResponse()
+        encoder = codec.Encoder(self.inline_limit)
+        for f, path in zip(res.resource.files, res.resource.local_paths()):
+            data = path.read_bytes()
+            entry = reply.files.add(name=f.name, sha256=hashlib.sha256(data).hexdigest())
+            encoder.data(entry.data, data)
+        return reply, encoder.buffers
+
+    def _run(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
+        case = msg.WhichOneof("args")
+        if case is None:
+            raise InvalidArgumentError(
+                f"Run: no operation given (expected one of the OpRequest.args cases, e.g. "
+                f"noop; op field: {msg.op!r})"
+            )
+        if msg.op and msg.op != case:
+            raise InvalidArgumentError(
+                f"Run: operation name {msg.op!r} does not match the arguments given ({case})"
+            )
+        op = codec.op_by_name(case)
+        spec = CATALOG[op]
+        record = self._session(msg.session_id, peer, spec.method)
+
+        def resource(resource_id: int) -> Resource:
+            return self._resource(record, resource_id, spec.method).resource
+
+        args = codec.decode_args(
+            spec, getattr(msg, case), codec.Decoder(buffers, spec.method), resource
+        )
+        start = time.perf_counter_ns()
+        value = record.session.genop(op, *args)
+        elapsed = time.perf_counter_ns() - start
+        record.last_used = time.monotonic()
+        reply = self.pb.OpResponse(op=case)
+        result = getattr(reply, case)
+        result.SetInParent()
+        encoder = codec.Encoder(self.inline_limit)
+        try:
+            codec.encode_results(spec, value, result, encoder)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise BackendError(
+                f"{spec.method}: backend returned a result that cannot be sent: {exc}"
+            ) from exc
+        if msg.profile:
+            reply.regions.add(name=f"agent:{case}", total_ns=elapsed, entries=1)
+        return reply, encoder.buffers
+

@@ -1,0 +1,1 @@
+"""The rpc backend: forwards sessions, resources and operations to a vAccel agent."""

@@ -1,0 +1,398 @@
+"""The rpc backend (type REMOTE): every operation, session and resource call goes to the agent.
+
+The agent's address comes from ``VACCEL_RPC_ADDRESS`` (older: ``VACCEL_VSOCK``; default
+``tcp://127.0.0.1:65500``); its scheme picks the transport plugin. Each local session has a
+remote twin on the agent. Resource files travel as blobs named by sha256: the agent is asked
+first, and a file it already holds is not sent again. Every call has a deadline
+(``VACCEL_RPC_TIMEOUT`` seconds for operations, default 300). When the agent cannot be reached
+the call fails with :class:`~vaccel_core.errors.RemoteError` naming the address; the next call
+connects again (sessions made on the lost connection are gone and say so).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vaccel_core.backend import Backend
+from vaccel_core.errors import (
+    InvalidArgumentError,
+    RemoteError,
+    SessionError,
+    VaccelError,
+    error_for_code,
+)
+from vaccel_core.flags import PluginType
+from vaccel_core.log import logger as _vaccel_logger
+from vaccel_core.ops import CATALOG, OpSpec
+from vaccel_core.profiling import Region
+from vaccel_core.transport import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Address,
+    Buffer,
+    CallError,
+    Channel,
+    Message,
+    TransportOptions,
+)
+
+from . import codec
+
+if TYPE_CHECKING:
+    from vaccel_core.resource import Resource
+    from vaccel_core.session import Session
+
+logger = _vaccel_logger.getChild("rpc")
+
+#: Size of one blob upload chunk.
+BLOB_CHUNK = 16 << 20
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidArgumentError(f"{name}: expected a number of seconds, got {value!r}") from None
+
+
+@dataclass
+class _Remote:
+    """The agent-side twin of one local session."""
+
+    session_id: int
+    address: str
+    channel: Channel
+    resources: dict[int, int] = field(default_factory=dict)  # local resource id -> remote id
+
+
+class RpcBackend(Backend):
+    """Forwards everything to the vAccel agent at VACCEL_RPC_ADDRESS."""
+
+    name = "rpc"
+    version = "0.1.0"
+    type = PluginType.REMOTE
+    description = "remote execution on a vAccel agent (VACCEL_RPC_ADDRESS)"
+
+    @classmethod
+    def probe(cls) -> str | None:
+        if importlib.util.find_spec("google.protobuf") is None:
+            return "protobuf is not installed (pip install 'pyvaccel[remote]')"
+        return None
+
+    def __init__(self) -> None:
+        self.op_timeout = _env_float("VACCEL_RPC_TIMEOUT", 300.0)
+        self.control_timeout = min(self.op_timeout, 30.0)
+        self.connect_timeout = _env_float("VACCEL_RPC_CONNECT_TIMEOUT", 5.0)
+        self.max_message_bytes = int(
+            _env_float("VACCEL_RPC_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)
+        )
+        self._lock = threading.Lock()
+        self._channels: dict[str, Channel] = {}
+        self._remotes: dict[int, _Remote] = {}
+        self._pb: Any = None
+
+    @property
+    def pb(self) -> Any:
+        if self._pb is None:
+            from vaccel_core.proto import pb
+
+            self._pb = pb()
+        return self._pb
+
+    def fini(self) -> None:
+        with self._lock:
+            channels = list(self._channels.values())
+            self._channels.clear()
+        for channel in channels:
+            channel.close()
+
+    # Connections ---------------------------------------------------------------------------
+    def _channel(self, address: str) -> Channel:
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is not None and getattr(channel, "lost", None):
+                del self._channels[address]
+                channel.close()
+                channel = None
+            if channel is None:
+                from vaccel_core.plugins import get_registry
+
+                parsed = Address.parse(address)
+                transport = get_registry().transport(parsed.scheme)
+                options = TransportOptions(
+                    max_message_bytes=self.max_message_bytes,
+                    connect_timeout=self.connect_timeout,
+                )
+                channel = transport.connect(parsed, options)
+                self._channels[address] = channel
+                logger.info("connected to the vAccel agent at %s", address)
+            return channel
+
+    def _forget(self, address: str, channel: Channel) -> None:
+        with self._lock:
+            if self._channels.get(address) is channel:
+                del self._channels[address]
+        channel.close()
+
+    def _call(
+        self,
+        channel: Channel,
+        address: str,
+        method: str,
+        msg: Any,
+        buffers: Sequence[Buffer] = (),
+        timeout: float | None = None,
+        reply_type: Any = None,
+    ) -> tuple[Any, Sequence[Buffer]]:
+        request = Message(msg.SerializeToString(), tuple(buffers))
+        try:
+            reply = channel.call(method, request, timeout or self.control_timeout)
+        except CallError as exc:
+            err = error_for_code(exc.code, exc.message)
+            err.status = exc.status  # type: ignore[attr-defined]
+            raise err from None
+        except RemoteError:
+            self._forget(address, channel)
+            raise
+        out = reply_type()
+        try:
+            out.ParseFromString(reply.payload)
+        except Exception as exc:
+            raise RemoteError(
+                f"{method}: the agent at {address} sent a malformed reply ({exc})"
+            ) from None
+        return out, reply.buffers
+
+    def _remote(self, session: Session, what: str) -> _Remote:
+        remote = self._remotes.get(session.id)
+        if remote is None:
+            raise SessionError(f"{what}: session {session.id} has no remote session on the agent")
+        lost = getattr(remote.channel, "lost", None)
+        with self._lock:
+            current = self._channels.get(remote.address)
+        if lost or current is not remote.channel:
+            raise SessionError(
+                f"{what}: session {session.id}: the connection to the vAccel agent at "
+                f"{remote.address} was lost ({lost or 'reconnected since'}); its remote "
+                f"session is gone, create a new session"
+            )
+        return remote
+
+    # Sessions ------------------------------------------------------------------------------
+    def session_init(self, session: Session) -> None:
+        address = session.config.rpc_address
+        channel = self._channel(address)
+        flags = int(session.flags) & ~int(PluginType.REMOTE)
+        reply, _ = self._call(
+            channel,
+            address,
+            "CreateSession",
+            self.pb.CreateSessionRequest(flags=flags),
+            reply_type=self.pb.CreateSessionResponse,
+        )
+        self._remotes[session.id] = _Remote(reply.session_id, address, channel)
+        logger.info(
+            "session %d: remote session %d on %s (backends %s)",
+            session.id,
+            reply.session_id,
+            address,
+            ", ".join(reply.backends),
+        )
+
+    def session_release(self, session: Session) -> None:
+        remote = self._remotes.pop(session.id, None)
+        if remote is None or getattr(remote.channel, "lost", None):
+            return
+        try:
+            self._call(
+                remote.channel,
+                remote.address,
+                "DestroySession",
+                self.pb.DestroySessionRequest(session_id=remote.session_id),
+                reply_type=self.pb.DestroySessionResponse,
+            )
+        except VaccelError as exc:
+            logger.warning("session %d: destroying remote session failed: %s", session.id, exc)
+
+    def session_update(self, session: Session, flags: int) -> list[str]:
+        """Ask the agent to pick backends again for new session flags; returns their names."""
+        remote = self._remote(session, "session update")
+        reply, _ = self._call(
+            remote.channel,
+            remote.address,
+            "UpdateSession",
+            self.pb.UpdateSessionRequest(
+                session_id=remote.session_id, flags=int(flags) & ~int(PluginType.REMOTE)
+            ),
+            reply_type=self.pb.UpdateSessionResponse,
+        )
+        return list(reply.backends)
+
+    def agent_status(self, address: str | None = None) -> Any:
+        """The agent's StatusResponse (sessions, resources, blobs it holds)."""
+        from vaccel_core.config import get_config
+
+        address = address or get_config().rpc_address
+        reply, _ = self._call(
+            self._channel(address),
+            address,
+            "GetStatus",
+            self.pb.StatusRequest(),
+            reply_type=self.pb.StatusResponse,
+        )
+        return reply
+
+    # Resources -----------------------------------------------------------------------------
+    def resource_register(self, session: Session, resource: Resource) -> None:
+        remote = self._remote(session, "register resource")
+        request = self.pb.RegisterResourceRequest(
+            session_id=remote.session_id, type=int(resource.type)
+        )
+        for index, f in enumerate(resource.files):
+            request.files.add(name=f.name, sha256=resource.sha256(index), size=f.size)
+        for attempt in range(2):
+            reply, _ = self._call(
+                remote.channel,
+                remote.address,
+                "RegisterResource",
+                request,
+                reply_type=self.pb.RegisterResourceResponse,
+            )
+            if not reply.missing_blobs:
+                remote.resources[resource.id] = reply.resource_id
+                return
+            if attempt == 0:
+                missing = set(reply.missing_blobs)
+                for index, f in enumerate(resource.files):
+                    digest = resource.sha256(index)
+                    if digest in missing:
+                        missing.discard(digest)
+                        self._upload(remote, digest, f.size, f.read())
+        raise RemoteError(
+            f"register resource: the agent at {remote.address} still lacks blobs "
+            f"{', '.join(reply.missing_blobs)} after they were uploaded"
+        )
+
+    def _upload(self, remote: _Remote, digest: str, size: int, data: bytes) -> None:
+        chunk = max(1, min(BLOB_CHUNK, self.max_message_bytes // 2))
+        view = memoryview(data)
+        offset = 0
+        while True:
+            piece = view[offset : offset + chunk]
+            encoder = codec.Encoder()
+            request = self.pb.PutBlobRequest(sha256=digest, size=size, offset=offset)
+            encoder.data(request.data, piece)
+            request.data.SetInParent()
+            reply, _ = self._call(
+                remote.channel,
+                remote.address,
+                "PutBlob",
+                request,
+                encoder.buffers,
+                reply_type=self.pb.PutBlobResponse,
+            )
+            offset += len(piece)
+            if offset >= size:
+                if not reply.complete:
+                    raise RemoteError(
+                        f"register resource: the agent at {remote.address} did not accept "
+                        f"blob {digest[:12]} ({reply.received} of {size} bytes)"
+                    )
+                logger.debug("uploaded blob %s (%d bytes)", digest[:12], size)
+                return
+
+    def resource_unregister(self, session: Session, resource: Resource) -> None:
+        remote = self._remotes.get(session.id)
+        if remote is None:
+            return
+        remote_id = remote.resources.pop(resource.id, None)
+        if remote_id is None or getattr(remote.channel, "lost", None):
+            return
+        self._call(
+            remote.channel,
+            remote.address,
+            "UnregisterResource",
+            self.pb.UnregisterResourceRequest(session_id=remote.session_id, resource_id=remote_id),
+            reply_type=self.pb.UnregisterResourceResponse,
+        )
+
+    def resource_sync(self, session: Session, resource: Resource) -> list[tuple[str, bytes]]:
+        """The resource's files as the agent holds them now: (name, bytes) pairs."""
+        remote = self._remote(session, "sync resource")
+        reply, buffers = self._call(
+            remote.channel,
+            remote.address,
+            "SyncResource",
+            self.pb.SyncResourceRequest(
+                session_id=remote.session_id,
+                resource_id=self._resource_id(remote, resource, "sync resource"),
+            ),
+            reply_type=self.pb.SyncResourceResponse,
+        )
+        decoder = codec.Decoder(buffers, "sync resource")
+        return [(f.name, bytes(decoder.data(f.data, f.name))) for f in reply.files]
+
+    @staticmethod
+    def _resource_id(remote: _Remote, resource: Resource, what: str) -> int:
+        remote_id = remote.resources.get(resource.id)
+        if remote_id is None:
+            raise InvalidArgumentError(
+                f"{what}: resource {resource.id} is not registered with the remote session"
+            )
+        return remote_id
+
+    # Operations ----------------------------------------------------------------------------
+    def _run(self, spec: OpSpec, session: Session, args: Sequence[Any]) -> Any:
+        remote = self._remote(session, spec.method)
+        request = self.pb.OpRequest(
+            session_id=remote.session_id, op=spec.name, profile=session.profiler is not None
+        )
+        arguments = getattr(request, spec.name)
+        arguments.SetInParent()
+        encoder = codec.Encoder()
+        codec.encode_args(
+            spec,
+            args,
+            arguments,
+            encoder,
+            lambda resource: self._resource_id(remote, resource, spec.method),
+        )
+        reply, buffers = self._call(
+            remote.channel,
+            remote.address,
+            "Run",
+            request,
+            encoder.buffers,
+            timeout=self.op_timeout,
+            reply_type=self.pb.OpResponse,
+        )
+        case = reply.WhichOneof("result")
+        if case != spec.name:
+            raise RemoteError(
+                f"{spec.method}: the agent at {remote.address} answered with {case!r} results"
+            )
+        if reply.regions and session.profiler is not None:
+            session.profiler.merge(
+                [Region(r.name, r.total_ns, r.entries) for r in reply.regions]
+            )
+        return codec.decode_results(spec, getattr(reply, case), codec.Decoder(buffers, spec.method))
+
+
+def _forwarder(spec: OpSpec) -> Any:
+    def forward(self: RpcBackend, session: Session, *args: Any) -> Any:
+        return self._run(spec, session, args)
+
+    forward.__name__ = forward.__qualname__ = spec.method
+    forward.__doc__ = f"Run {spec.name} on the agent. {spec.doc}"
+    return forward
+
+
+for _spec in CATALOG.values():
+    setattr(RpcBackend, _spec.method, _forwarder(_spec))
