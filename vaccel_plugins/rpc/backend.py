@@ -11,10 +11,11 @@ connects again (sessions made on the lost connection are gone and say so).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,7 @@ from vaccel_core.transport import (
 from . import codec
 
 if TYPE_CHECKING:
-    from vaccel_core.resource import Resource
+    from vaccel_core.resource import Resource, ResourceFile
     from vaccel_core.session import Session
 
 logger = _vaccel_logger.getChild("rpc")
@@ -150,17 +151,18 @@ class RpcBackend(Backend):
         buffers: Sequence[Buffer] = (),
         timeout: float | None = None,
         reply_type: Any = None,
+        what: str | None = None,
     ) -> tuple[Any, Sequence[Buffer]]:
         request = Message(msg.SerializeToString(), tuple(buffers))
         try:
             reply = channel.call(method, request, timeout or self.control_timeout)
         except CallError as exc:
-            err = error_for_code(exc.code, exc.message)
+            err = error_for_code(exc.code, _relabel(exc.message, method, what))
             err.status = exc.status  # type: ignore[attr-defined]
             raise err from None
-        except RemoteError:
+        except RemoteError as exc:
             self._forget(address, channel)
-            raise
+            raise RemoteError(_relabel(exc.message, method, what)) from None
         out = reply_type()
         try:
             out.ParseFromString(reply.payload)
@@ -274,18 +276,44 @@ class RpcBackend(Backend):
                     digest = resource.sha256(index)
                     if digest in missing:
                         missing.discard(digest)
-                        self._upload(remote, digest, f.size, f.read())
+                        self._upload(remote, digest, f)
         raise RemoteError(
             f"register resource: the agent at {remote.address} still lacks blobs "
             f"{', '.join(reply.missing_blobs)} after they were uploaded"
         )
 
-    def _upload(self, remote: _Remote, digest: str, size: int, data: bytes) -> None:
+    def _upload(self, remote: _Remote, digest: str, file: ResourceFile) -> None:
+        """Send one file as a blob, in chunks (read from disk one chunk at a time)."""
         chunk = max(1, min(BLOB_CHUNK, self.max_message_bytes // 2))
-        view = memoryview(data)
+        with contextlib.ExitStack() as stack:
+            if file.data is not None:
+                data = memoryview(file.data)
+                size = len(data)
+
+                def read(offset: int) -> Buffer:
+                    return data[offset : offset + chunk]
+
+            else:
+                assert file.path is not None
+                fh = stack.enter_context(open(file.path, "rb"))
+                size = os.fstat(fh.fileno()).st_size
+
+                def read(offset: int) -> Buffer:
+                    return fh.read(chunk)
+
+            self._send_blob(remote, digest, size, read)
+
+    def _send_blob(
+        self, remote: _Remote, digest: str, size: int, read: Callable[[int], Buffer]
+    ) -> None:
         offset = 0
         while True:
-            piece = view[offset : offset + chunk]
+            piece = read(offset)
+            if not len(piece) and offset < size:
+                raise InvalidArgumentError(
+                    f"register resource: blob {digest[:12]} ended at {offset} of {size} bytes "
+                    f"(did the file change while it was being sent?)"
+                )
             encoder = codec.Encoder()
             request = self.pb.PutBlobRequest(sha256=digest, size=size, offset=offset)
             encoder.data(request.data, piece)
@@ -372,6 +400,7 @@ class RpcBackend(Backend):
             encoder.buffers,
             timeout=self.op_timeout,
             reply_type=self.pb.OpResponse,
+            what=spec.method,
         )
         case = reply.WhichOneof("result")
         if case != spec.name:
@@ -383,6 +412,13 @@ class RpcBackend(Backend):
                 [Region(r.name, r.total_ns, r.entries) for r in reply.regions]
             )
         return codec.decode_results(spec, getattr(reply, case), codec.Decoder(buffers, spec.method))
+
+
+def _relabel(message: str, method: str, what: str | None) -> str:
+    """Name the operation instead of the wire method ("Run: ..." -> "sgemm: ...")."""
+    if what and message.startswith(f"{method}:"):
+        return what + message[len(method) :]
+    return message
 
 
 def _forwarder(spec: OpSpec) -> Any:
