@@ -112,8 +112,9 @@ def test_outputs_go_to_the_session_run_folder_and_are_removed_on_release(
     folder = Path(session.meta[RUN_DIR_META])
     assert folder.parent.parent == rundir
     assert folder.name == f"session.{session.id}"
-    assert oct(folder.stat().st_mode & 0o777) == oct(0o700)
+    assert not folder.exists()  # created with the first output, not before
     _, name = session.classify(png(1))
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o700)
     out = Path(name)
     assert out.parent == folder
     assert out.is_file() and out.stat().st_size > 0
@@ -355,3 +356,13 @@ def test_network_creation_failure_is_a_backend_error(
     session = make_session()
     with pytest.raises(BackendError, match=r"failed to create imageNet 'googlenet'"):
         session.classify(png(1))
+
+
+def test_released_session_gets_no_new_run_folder(make_session: MakeSession):
+    session = make_session()
+    backend = session.backend_for(next(iter(JetsonBackend.operations())))
+    folder = Path(session.meta[RUN_DIR_META])
+    session.release()
+    with pytest.raises(BackendError, match=f"session {session.id} is released"):
+        backend.classify(session, png(1))  # a call racing the release
+    assert not folder.exists()

@@ -124,8 +124,8 @@ class JetsonBackend(Backend):
             return self._rundirs
 
     def session_init(self, session: Session) -> None:
-        path = self._run_dirs(session.config).create(session.id)
-        session.meta[RUN_DIR_META] = str(path)
+        path = self._run_dirs(session.config).open(session.id)
+        session.meta[RUN_DIR_META] = str(path)  # created with the first output image
 
     def session_release(self, session: Session) -> None:
         self._run_dirs(session.config).release(session.id)

@@ -2,9 +2,10 @@
 
 Layout: ``<base>/vaccel-<pid>/session.<id>/``, with ``<base>`` from ``VACCEL_RUNDIR`` (or
 ``--vaccel-config rundir=...``), else the system temporary folder. Folders are private
-(mode 0700). A session's folder is removed when the session is released, unless outputs are
-kept (``VACCEL_JETSON_KEEP_OUTPUTS=1`` or ``jetson_keep_outputs=1``); the process folder is
-removed at shutdown when it is empty.
+(mode 0700) and created with the session's first output image, so sessions that never write
+one leave nothing on disk. A session's folder is removed when the session is released, unless
+outputs are kept (``VACCEL_JETSON_KEEP_OUTPUTS=1`` or ``jetson_keep_outputs=1``); the process
+folder is removed at shutdown when it is empty.
 """
 
 from __future__ import annotations
@@ -27,17 +28,30 @@ class RunDirs:
         root = Path(base) if base else Path(tempfile.gettempdir())
         self.process_dir = root / f"vaccel-{os.getpid()}"
         self.keep = keep
+        self._open: set[int] = set()
         self._dirs: dict[int, Path] = {}
         self._counters: dict[int, itertools.count[int]] = {}
         self._lock = threading.Lock()
 
+    def path_for(self, session_id: int) -> Path:
+        """Where the session's run folder is (or will be)."""
+        return self.process_dir / f"session.{session_id}"
+
+    def open(self, session_id: int) -> Path:
+        """Start tracking a session; returns where its folder will be (not created yet)."""
+        with self._lock:
+            self._open.add(session_id)
+        return self.path_for(session_id)
+
     def create(self, session_id: int) -> Path:
-        """Create (or return) the run folder of a session."""
+        """Create (or return) the run folder of an open session."""
         with self._lock:
             existing = self._dirs.get(session_id)
             if existing is not None:
                 return existing
-            path = self.process_dir / f"session.{session_id}"
+            if session_id not in self._open:
+                raise BackendError(f"jetson: session {session_id} is released: no run folder")
+            path = self.path_for(session_id)
             try:
                 self.process_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
                 path.mkdir(mode=0o700, exist_ok=True)
@@ -63,6 +77,7 @@ class RunDirs:
     def release(self, session_id: int) -> None:
         """Forget the session's folder; remove it unless outputs are kept."""
         with self._lock:
+            self._open.discard(session_id)
             path = self._dirs.pop(session_id, None)
             self._counters.pop(session_id, None)
         if path is not None and not self.keep:
@@ -71,7 +86,7 @@ class RunDirs:
     def close(self) -> None:
         """Release every folder still open; remove the process folder if it is empty."""
         with self._lock:
-            ids = list(self._dirs)
+            ids = list(self._open | set(self._dirs))
         for session_id in ids:
             self.release(session_id)
         with contextlib.suppress(OSError):  # not empty (kept outputs) or never created
