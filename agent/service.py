@@ -355,7 +355,7 @@ class AgentService:
         missing = sorted({d for d in digests if not self.blobs.has(d)})
         if missing:
             return self.pb.RegisterResourceResponse(missing_blobs=missing), ()
-        for f, digest in zip(msg.files, digests):
+        for f, digest in zip(msg.files, digests, strict=True):
             size = self.blobs.size(digest)
             if f.size != size:
                 raise InvalidArgumentError(
@@ -367,7 +367,7 @@ class AgentService:
         folder = Path(tempfile.mkdtemp(prefix="resource-", dir=self.blobs.root))
         try:
             paths = []
-            for name, digest in zip(names, digests):
+            for name, digest in zip(names, digests, strict=True):
                 target = folder / name
                 try:
                     os.link(self.blobs.path(digest), target)
@@ -413,7 +413,7 @@ class AgentService:
         res = self._resource(record, msg.resource_id, "SyncResource")
         reply = self.pb.SyncResourceResponse()
         encoder = codec.Encoder(self.inline_limit)
-        for f, path in zip(res.resource.files, res.resource.local_paths()):
+        for f, path in zip(res.resource.files, res.resource.local_paths(), strict=True):
             data = path.read_bytes()
             entry = reply.files.add(name=f.name, sha256=hashlib.sha256(data).hexdigest())
             encoder.data(entry.data, data)
@@ -457,4 +457,3 @@ class AgentService:
         if msg.profile:
             reply.regions.add(name=f"agent:{case}", total_ns=elapsed, entries=1)
         return reply, encoder.buffers
-

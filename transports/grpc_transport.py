@@ -197,7 +197,9 @@ class _AgentService(grpc.GenericRpcHandler):
         done = threading.Event()
         with self._lock:
             if self._stopping:
-                self._abort(context, "UNAVAILABLE", errno.EREMOTEIO, "Attach: the agent is stopping")
+                self._abort(
+                    context, "UNAVAILABLE", errno.EREMOTEIO, "Attach: the agent is stopping"
+                )
             self._attach_events.add(done)
             first = self._attached.get(peer.id, 0) == 0
             self._attached[peer.id] = self._attached.get(peer.id, 0) + 1
@@ -414,11 +416,14 @@ class GrpcChannel(Channel):
                 return CallError(detail.status, detail.message, code=detail.code)
         if code == grpc.StatusCode.UNAVAILABLE:
             self._lost = self._lost or f"UNAVAILABLE: {details}"
-            return RemoteError(f"{method}: the vAccel agent at {self.address} is unreachable: {details}")
+            return RemoteError(
+                f"{method}: the vAccel agent at {self.address} is unreachable: {details}"
+            )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return RemoteError(
-                f"{method}: no answer from the vAccel agent at {self.address} within "
-                f"{timeout:g} s" if timeout is not None else f"{method}: deadline exceeded"
+                f"{method}: no answer from the vAccel agent at {self.address} within {timeout:g} s"
+                if timeout is not None
+                else f"{method}: deadline exceeded"
             )
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return CallError(

@@ -79,7 +79,9 @@ class UnixTransport(Transport):
 
         path = socket_path(address)
         if not path.parent.is_dir():
-            raise RemoteError(f"cannot listen on unix://{path}: folder {path.parent} does not exist")
+            raise RemoteError(
+                f"cannot listen on unix://{path}: folder {path.parent} does not exist"
+            )
         _check_stale(path)
         private = Path(tempfile.mkdtemp(prefix=".vaccel-", dir=path.parent))
         staging = private / "s"
@@ -91,7 +93,10 @@ class UnixTransport(Transport):
 
         try:
             listener = serve(
-                f"unix:{staging}", lambda _port: f"unix://{path}", handler, options,
+                f"unix:{staging}",
+                lambda _port: f"unix://{path}",
+                handler,
+                options,
                 on_stopped=remove_socket,
             )
             try:

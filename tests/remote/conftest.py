@@ -23,10 +23,10 @@ import pytest
 
 pytest.importorskip("grpc", reason="the remote tests need the 'remote' extra (grpcio)")
 
-from vaccel_core import Config, Session  # noqa: E402
-from vaccel_core.flags import PluginType  # noqa: E402
-from vaccel_core.plugins import get_registry  # noqa: E402
-from vaccel_core.transport import Address, Channel, Message, TransportOptions  # noqa: E402
+from vaccel_core import Config, Session
+from vaccel_core.flags import PluginType
+from vaccel_core.plugins import get_registry
+from vaccel_core.transport import Address, Channel, Message, TransportOptions
 
 REPO = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r"^Listening on '(?P<address>[^']+)'$")
@@ -176,13 +176,13 @@ class RawClient:
         self.pb = pb()
         self.address = address
         parsed = Address.parse(address)
-        self.channel: Channel = get_registry().transport(parsed.scheme).connect(
-            parsed, options or TransportOptions(connect_timeout=10)
+        self.channel: Channel = (
+            get_registry()
+            .transport(parsed.scheme)
+            .connect(parsed, options or TransportOptions(connect_timeout=10))
         )
 
-    def call(
-        self, method: str, msg: Any, reply_type: Any, buffers: Sequence[Any] = ()
-    ) -> Any:
+    def call(self, method: str, msg: Any, reply_type: Any, buffers: Sequence[Any] = ()) -> Any:
         reply = self.channel.call(method, Message(msg.SerializeToString(), tuple(buffers)), 10)
         out = reply_type()
         out.ParseFromString(reply.payload)
@@ -193,7 +193,8 @@ class RawClient:
 
     def create_session(self, flags: int = 0) -> int:
         reply = self.call(
-            "CreateSession", self.pb.CreateSessionRequest(flags=flags),
+            "CreateSession",
+            self.pb.CreateSessionRequest(flags=flags),
             self.pb.CreateSessionResponse,
         )
         return int(reply.session_id)

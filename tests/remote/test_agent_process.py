@@ -92,8 +92,14 @@ def test_kata_rust_runtime_command_line(tmp_path: Path) -> None:
 
 def test_vaccel_config_and_plugins_flags_override_environment() -> None:
     args = build_parser().parse_args(
-        ["-a", "unix:///x", "-a", "tcp://1.2.3.4:5", "--vaccel-config",
-         "plugins=libvaccel-noop.so,libvaccel-onnxruntime.so,log_level=4"]
+        [
+            "-a",
+            "unix:///x",
+            "-a",
+            "tcp://1.2.3.4:5",
+            "--vaccel-config",
+            "plugins=libvaccel-noop.so,libvaccel-onnxruntime.so,log_level=4",
+        ]
     )
     assert args.addresses == ["unix:///x", "tcp://1.2.3.4:5"]
     os.environ["VACCEL_PLUGINS"] = "jetson"

@@ -74,9 +74,7 @@ def test_inconsistent_requests_name_what_is_wrong(shared_agent: AgentProcess) ->
         req.fpga_vectoradd.a.shape.append(4)
         req.fpga_vectoradd.a.inline = b"\x00" * 12
         req.fpga_vectoradd.b.CopyFrom(req.fpga_vectoradd.a)
-        cases.append(
-            (req, "fpga_vectoradd: argument 'a': tensor data has 12 bytes, expected 16")
-        )
+        cases.append((req, "fpga_vectoradd: argument 'a': tensor data has 12 bytes, expected 16"))
         req = pb.OpRequest(session_id=sid, op="fpga_arraycopy")
         req.fpga_arraycopy.a.dtype = "object"
         cases.append((req, "argument 'a': expected a numeric tensor dtype"))
@@ -116,9 +114,7 @@ def test_inconsistent_requests_name_what_is_wrong(shared_agent: AgentProcess) ->
 
 def test_oversize_request_gets_resource_exhausted(tmp_path: Path) -> None:
     limit = 1 << 20
-    handle = start_agent(
-        [f"unix://{tmp_path / 'v.sock'}"], args=["--max-message-size", str(limit)]
-    )
+    handle = start_agent([f"unix://{tmp_path / 'v.sock'}"], args=["--max-message-size", str(limit)])
     try:
         # A client whose own limit is higher: the agent refuses the message.
         big = RawClient(handle.address, TransportOptions(max_message_bytes=64 << 20))
@@ -155,7 +151,7 @@ def test_oversize_request_gets_resource_exhausted(tmp_path: Path) -> None:
         finally:
             small.close()
         with remote_session(handle.address) as session:
-            with pytest.raises(OutOfMemoryError, match="RESOURCE_EXHAUSTED|refused"):
+            with pytest.raises(OutOfMemoryError, match="refused the message"):
                 session.fpga_arraycopy(np.zeros(1 << 20, dtype=np.int32))
             session.noop()
     finally:

@@ -30,7 +30,7 @@ def assert_same(local: Any, remote: Any, where: str) -> None:
     elif isinstance(local, (list, tuple)):
         assert type(remote) is type(local), f"{where}: {type(remote)} != {type(local)}"
         assert len(remote) == len(local), f"{where}: length {len(remote)} != {len(local)}"
-        for i, (a, b) in enumerate(zip(local, remote)):
+        for i, (a, b) in enumerate(zip(local, remote, strict=True)):
             assert_same(a, b, f"{where}[{i}]")
     elif isinstance(local, (bytes, bytearray, memoryview)):
         assert bytes(remote) == bytes(local), f"{where}: bytes differ"
@@ -70,10 +70,14 @@ def test_tensor_sizes_inline_and_out_of_band(agent: AgentProcess, size: int) -> 
     with local_session() as local, remote_session(agent.address) as remote:
         assert_same(local.fpga_vectoradd(a, a), remote.fpga_vectoradd(a, a), "vectoradd")
         big = {"x": a.reshape(-1, 4), "y": np.ones((size // 8,), dtype=np.float64)}
-        assert_same(local.model_run(*_model(local), big), remote.model_run(*_model(remote), big), "run")
+        assert_same(
+            local.model_run(*_model(local), big), remote.model_run(*_model(remote), big), "run"
+        )
         blob = bytes(range(256)) * (size // 256)
         assert_same(
-            local.exec("lib.so", "f", [blob], [size]), remote.exec("lib.so", "f", [blob], [size]), "exec"
+            local.exec("lib.so", "f", [blob], [size]),
+            remote.exec("lib.so", "f", [blob], [size]),
+            "exec",
         )
 
 

@@ -40,7 +40,8 @@ def test_another_client_gets_not_found(shared_agent: AgentProcess) -> None:
         assert f"session {sid} not found" in run.value.message
         with pytest.raises(CallError) as destroy:
             mallory.call(
-                "DestroySession", pb.DestroySessionRequest(session_id=sid),
+                "DestroySession",
+                pb.DestroySessionRequest(session_id=sid),
                 pb.DestroySessionResponse,
             )
         assert destroy.value.status == "NOT_FOUND"
@@ -99,9 +100,7 @@ CLIENT = textwrap.dedent(
 
 
 @pytest.mark.parametrize("how", ["exit", "kill"])
-def test_client_that_goes_away_leaves_zero_sessions(
-    shared_agent: AgentProcess, how: str
-) -> None:
+def test_client_that_goes_away_leaves_zero_sessions(shared_agent: AgentProcess, how: str) -> None:
     observer = RawClient(shared_agent.address)
     try:
         proc = subprocess.Popen(

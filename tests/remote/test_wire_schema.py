@@ -75,7 +75,7 @@ def test_every_catalog_operation_has_typed_messages() -> None:
             message = oneof.containing_type.fields_by_name[spec.name].message_type
             assert message.name == message_name
             assert [f.name for f in message.fields] == [p.name for p in params], message_name
-            for field, param in zip(message.fields, params):
+            for field, param in zip(message.fields, params, strict=True):
                 type_name, message_type, repeated = _TYPES[param.kind]
                 where = f"{message_name}.{field.name}"
                 assert names[field.type] == type_name, where
@@ -130,13 +130,13 @@ def test_codec_round_trips_every_kind(inline_limit: int) -> None:
             back = codec.decode_args(
                 spec, wire, codec.Decoder(encoder.buffers, spec.method), by_id.__getitem__
             )
-            for param, a, b in zip(spec.params, args, back):
+            for param, a, b in zip(spec.params, args, back, strict=True):
                 if isinstance(a, np.ndarray):
                     assert b.dtype == a.dtype and np.array_equal(a, b), (op, param.name)
                     if inline_limit == 0 and a.nbytes:
                         assert np.shares_memory(a, b), "out of band: no copy on either side"
                 elif param.kind in (Kind.TENSORS,):
-                    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+                    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
                 elif param.kind is Kind.NAMED_TENSORS:
                     assert list(a) == list(b)
                 elif param.kind is Kind.BYTES_LIST:

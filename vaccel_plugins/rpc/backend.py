@@ -408,9 +408,7 @@ class RpcBackend(Backend):
                 f"{spec.method}: the agent at {remote.address} answered with {case!r} results"
             )
         if reply.regions and session.profiler is not None:
-            session.profiler.merge(
-                [Region(r.name, r.total_ns, r.entries) for r in reply.regions]
-            )
+            session.profiler.merge([Region(r.name, r.total_ns, r.entries) for r in reply.regions])
         return codec.decode_results(spec, getattr(reply, case), codec.Decoder(buffers, spec.method))
 
 

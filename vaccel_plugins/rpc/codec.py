@@ -72,7 +72,7 @@ class Encoder:
         array = np.ascontiguousarray(array)
         msg.dtype = array.dtype.name
         msg.shape.extend(array.shape)
-        self._place(msg, "inline", memoryview(array.reshape(-1).view(np.uint8)))
+        self._place(msg, "inline", array.reshape(-1).view(np.uint8).data)
 
     def value(self, msg: Any, param: Param, value: Any, resource_id: Callable[[Any], int]) -> None:
         """Set the field named after ``param`` in ``msg``; None leaves it unset."""
@@ -156,14 +156,11 @@ class Decoder:
         if got != expected:
             raise self._fail(
                 name,
-                f"tensor data has {got} bytes, expected {expected} for {dtype.name} "
-                f"shape {shape}",
+                f"tensor data has {got} bytes, expected {expected} for {dtype.name} shape {shape}",
             )
         return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
 
-    def value(
-        self, msg: Any, param: Param, resource: Callable[[int], Any] | None = None
-    ) -> Any:
+    def value(self, msg: Any, param: Param, resource: Callable[[int], Any] | None = None) -> Any:
         kind, name = param.kind, param.name
         if kind in (Kind.STR, Kind.INT, Kind.FLOAT):
             if param.optional and not msg.HasField(name):
@@ -179,15 +176,11 @@ class Decoder:
                 raise self._fail(name, "missing tensor")
             return self.tensor(getattr(msg, name), name)
         if kind is Kind.TENSORS:
-            return [
-                self.tensor(t, f"{name}[{i}]") for i, t in enumerate(getattr(msg, name))
-            ]
+            return [self.tensor(t, f"{name}[{i}]") for i, t in enumerate(getattr(msg, name))]
         if kind is Kind.NAMED_TENSORS:
             field = getattr(msg, name)
             if field.by_position:
-                return [
-                    self.tensor(e.tensor, f"{name}[{i}]") for i, e in enumerate(field.items)
-                ]
+                return [self.tensor(e.tensor, f"{name}[{i}]") for i, e in enumerate(field.items)]
             out: dict[str, np.ndarray] = {}
             for entry in field.items:
                 if entry.name in out:
@@ -213,7 +206,7 @@ def encode_args(
     resource_id: Callable[[Any], int],
 ) -> None:
     """Fill an ``<Op>Args`` message from validated arguments (in catalog order)."""
-    for param, value in zip(spec.params, args):
+    for param, value in zip(spec.params, args, strict=True):
         encoder.value(msg, param, value, resource_id)
 
 
@@ -241,7 +234,7 @@ def result_values(spec: OpSpec, value: Any) -> tuple[Any, ...]:
 
 def encode_results(spec: OpSpec, value: Any, msg: Any, encoder: Encoder) -> None:
     """Fill an ``<Op>Result`` message from what the backend returned."""
-    for param, item in zip(spec.results, result_values(spec, value)):
+    for param, item in zip(spec.results, result_values(spec, value), strict=True):
         encoder.value(msg, param, item, _no_resource)
 
 
