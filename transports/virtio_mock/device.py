@@ -52,6 +52,7 @@ from vaccel_core.transport import (
 )
 
 from .layout import (
+    DESC,
     VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
@@ -62,7 +63,11 @@ from .layout import (
 from .protocol import (
     KIND_FETCH,
     MAX_REPLY_BUFFERS,
+    PROTOCOL_VERSION,
+    REP_HEADER,
+    REP_MAGIC,
     REPLY_HEADER_BYTES,
+    REPLY_OK,
     ProtocolError,
     data_layout,
     pack_reply_error,
@@ -75,7 +80,7 @@ from .protocol import (
 
 SETUP_TIMEOUT = 10.0
 MAX_PENDING_REPLIES = 64
-_KNOWN_FLAGS = VRING_DESC_F_NEXT | VRING_DESC_F_WRITE | VRING_DESC_F_INDIRECT
+_BAD_FLAGS = ~(VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) & 0xFFFF
 _STATUS_OF: list[tuple[type[VaccelError], str]] = [
     (InvalidArgumentError, "INVALID_ARGUMENT"),
     (NotFoundError, "NOT_FOUND"),
@@ -179,6 +184,9 @@ class Device:
                     os.close(fd)
         self.s.kick = self.s.call = -1
         if self.s.mem is not None:
+            ring = getattr(self, "ring", None)
+            if ring is not None:
+                ring.close()
             try:
                 self.s.mem.close()
             except BufferError:
@@ -336,27 +344,54 @@ class Device:
 
     # Serving ------------------------------------------------------------------------------------
     def _serve(self) -> None:
+        """Serve the queue until the guest goes, the listener stops or the ring breaks.
+
+        This thread blocks on the kick eventfd alone (one syscall per wake-up); a watcher
+        thread polls the control socket and the stop signal and kicks this one when either
+        ends the device.
+        """
         s = self.s
         assert s.mem is not None and s.layout is not None
         self.ring = SplitRing(s.mem, s.layout)
         self.view = memoryview(s.mem)
-        poller = select.poll()
-        poller.register(s.kick, select.POLLIN)
-        poller.register(self.conn.fileno(), select.POLLIN)
-        poller.register(self.stop_fd, select.POLLIN)
+        self._gone = False
+        self._done = os.eventfd(0, os.EFD_CLOEXEC)
+        watcher = threading.Thread(
+            target=self._watch, name=f"virtio-mock watch {self.peer.id}", daemon=True
+        )
+        watcher.start()
+        kick = s.kick
+        waiter = select.poll()
+        waiter.register(kick, select.POLLIN)
         try:
-            while True:
-                for fd, _ev in sorted(poller.poll(), key=lambda e: e[0] != s.kick):
-                    if fd == self.stop_fd:
-                        return
-                    if fd == s.kick:
-                        os.eventfd_read(s.kick)
-                        if not self._process():
-                            return
-                    elif not self._control():
-                        return
+            while not self._gone:
+                try:
+                    os.eventfd_read(kick)
+                except BlockingIOError:  # the guest made its kick eventfd non-blocking
+                    waiter.poll()
+                    continue
+                if self._gone or not self._process():
+                    return
         finally:
+            self._gone = True
+            os.eventfd_write(self._done, 1)
+            watcher.join()
+            os.close(self._done)
             self.view.release()
+
+    def _watch(self) -> None:
+        """Watch the control socket and the stop signal; wake the serving thread to end."""
+        poller = select.poll()
+        for fd in (self.conn.fileno(), self.stop_fd, self._done):
+            poller.register(fd, select.POLLIN)
+        while True:
+            ready = [fd for fd, _ev in poller.poll()]
+            if self._done in ready:
+                return
+            if self.stop_fd in ready or not self._control():
+                self._gone = True
+                os.eventfd_write(self.s.kick, 1)
+                return
 
     def _control(self) -> bool:
         """Read control messages after set-up; False when the guest went away."""
@@ -387,8 +422,8 @@ class Device:
 
     def _process(self) -> bool:
         """Serve every chain made available so far; False when the ring is corrupt."""
-        avail = self.ring.avail_idx()
-        pending = (avail - self._last_avail) & 0xFFFF
+        ring = self.ring
+        pending = (ring.avail_idx() - self._last_avail) & 0xFFFF  # the index first ...
         if pending > self.s.num:
             reason = (
                 f"available ring index moved by {pending}, more than the queue size "
@@ -398,15 +433,16 @@ class Device:
             self._event({"event": "device_error", "reason": reason})
             return False
         for _ in range(pending):
-            head = self.ring.avail_entry(self._last_avail)
+            head = ring.avail_entry(self._last_avail)  # ... then the entries
             self._last_avail = (self._last_avail + 1) & 0xFFFF
             self._serve_chain(head)
         return True
 
     def _complete(self, head: int, length: int) -> None:
-        self.ring.set_used_entry(self._used_idx, head, length)  # the element first ...
-        self._used_idx = (self._used_idx + 1) & 0xFFFF
-        self.ring.set_used_idx(self._used_idx)  # ... then the index
+        ring = self.ring
+        ring.set_used_entry(self._used_idx, head, length)  # the element first ...
+        self._used_idx = idx = (self._used_idx + 1) & 0xFFFF
+        ring.set_used_idx(idx)  # ... then the index
         os.eventfd_write(self.s.call, 1)
 
     def _reject(self, head: int, reason: str) -> None:
@@ -425,23 +461,13 @@ class Device:
         readable: list[tuple[int, int]] = []
         writable: list[tuple[int, int]] = []
         seen: set[int] = set()
+        unpack, mem, base = DESC.unpack_from, self.ring.mem, self.ring.layout.desc
         index = head
         while True:
             seen.add(index)
-            addr, length, flags, nxt = self.ring.read_desc(index)
-            if flags & ~_KNOWN_FLAGS:
-                raise ChainError(f"descriptor {index}: unknown flags {flags:#x}")
-            if flags & VRING_DESC_F_INDIRECT:
-                raise ChainError(f"descriptor {index}: INDIRECT descriptors not negotiated")
-            if length > limit:
-                raise ChainError(
-                    f"descriptor {index}: length {length} exceeds the message limit {limit}"
-                )
-            if addr < lo or addr + length > hi:
-                raise ChainError(
-                    f"descriptor {index}: buffer [{addr:#x}, {addr + length:#x}) lies outside "
-                    f"the shared data area [{lo:#x}, {hi:#x})"
-                )
+            addr, length, flags, nxt = unpack(mem, base + 16 * index)
+            if flags & _BAD_FLAGS or length > limit or addr < lo or addr + length > hi:
+                raise ChainError(self._bad_desc(index, addr, length, flags))
             if flags & VRING_DESC_F_WRITE:
                 writable.append((addr, length))
             elif writable:
@@ -458,34 +484,40 @@ class Device:
                 raise ChainError(f"descriptor {index}: next {nxt} loops back into the chain")
             index = nxt
 
+    def _bad_desc(self, index: int, addr: int, length: int, flags: int) -> str:
+        lo, hi, limit = self.s.data_start, self.s.size, self.options.max_message_bytes
+        if flags & VRING_DESC_F_INDIRECT:
+            return f"descriptor {index}: INDIRECT descriptors not negotiated"
+        if flags & _BAD_FLAGS:
+            return f"descriptor {index}: unknown flags {flags:#x}"
+        if length > limit:
+            return f"descriptor {index}: length {length} exceeds the message limit {limit}"
+        return (
+            f"descriptor {index}: buffer [{addr:#x}, {addr + length:#x}) lies outside the "
+            f"shared data area [{lo:#x}, {hi:#x})"
+        )
+
     def _serve_chain(self, head: int) -> None:
         try:
             readable, writable = self.walk(head)
-            if len(writable) != 2:
+            if len(writable) != 1 or writable[0][1] < REPLY_HEADER_BYTES:
                 raise ChainError(
-                    f"expected 2 device-writable descriptors (reply header, data area), got "
-                    f"{len(writable)}"
+                    f"expected 1 device-writable descriptor of at least {REPLY_HEADER_BYTES} "
+                    f"bytes (reply header and data), got {[n for _, n in writable]}"
                 )
-            if writable[0][1] < REPLY_HEADER_BYTES:
-                raise ChainError(
-                    f"reply header buffer of {writable[0][1]} bytes, need {REPLY_HEADER_BYTES}"
-                )
-            if len(readable) < 2:
-                raise ChainError(
-                    f"expected at least 2 device-readable descriptors (header, payload), got "
-                    f"{len(readable)}"
-                )
+            if not readable:
+                raise ChainError("expected a device-readable request header descriptor")
         except ChainError as exc:
             self._reject(head, str(exc))
             return
         views: list[memoryview] = []
         reply = self._run(readable, views)
         try:
-            written = self._write_reply(writable, reply)
+            written = self._write_reply(writable[0], reply)
         except Exception as exc:  # a reply the handler built badly
             logger.exception("virtio-mock %s: cannot write the reply", self.where)
             written = self._write_error(
-                writable, "INTERNAL", f"cannot send the reply: {exc}", errno.EIO
+                writable[0], ("INTERNAL", f"cannot send the reply: {exc}", errno.EIO)
             )
         finally:
             self._release(views)
@@ -498,21 +530,28 @@ class Device:
         views opened into guest memory are appended to ``views``."""
         method = "?"
         try:
-            header = unpack_request_header(self._ro(*readable[0], views))
-            method = header.method
-            if len(readable) != 2 + header.nbuf:
+            addr, length = readable[0]
+            header = unpack_request_header(self.s.mem, addr, length)
+            method = self._method = header.method
+            if len(readable) != 1 + header.nbuf:
                 raise ProtocolError(
                     f"request header announces {header.nbuf} buffers, the chain has "
-                    f"{len(readable) - 2}"
+                    f"{len(readable) - 1}"
                 )
             if header.kind == KIND_FETCH:
                 try:
                     return self._pending.pop(header.token)
                 except KeyError:
                     raise ProtocolError(f"no pending reply with token {header.token}") from None
-            payload = self._ro(*readable[1], views)
-            buffers = [self._ro(a, n, views) for a, n in readable[2:]]
-            self._method = method
+            start = addr + header.payload_offset
+            view = self.view
+            payload = view[start : start + header.payload_len].toreadonly()
+            views.append(payload)
+            buffers = []
+            for a, n in readable[1:]:
+                b = view[a : a + n].toreadonly()
+                views.append(b)
+                buffers.append(b)
             return self.handler.handle(method, Message(payload, buffers), self.peer)
         except ProtocolError as exc:
             return ("INVALID_ARGUMENT", f"virtio-mock request: {exc}", errno.EINVAL)
@@ -534,47 +573,51 @@ class Device:
                     self._method,
                 )
 
-    def _ro(self, addr: int, length: int, views: list[memoryview]) -> memoryview:
-        view = self.view[addr : addr + length].toreadonly()
-        views.append(view)
-        return view
-
-    def _write_error(
-        self, writable: list[tuple[int, int]], status: str, message: str, code: int
-    ) -> int:
-        data = pack_reply_error(status, message, code)
-        addr = writable[0][0]
+    def _write_error(self, writable: tuple[int, int], error: tuple[str, str, int]) -> int:
+        data = pack_reply_error(*error)
+        addr = writable[0]
         self.view[addr : addr + len(data)] = data
         return len(data)
 
-    def _write_reply(
-        self, writable: list[tuple[int, int]], reply: Message | tuple[str, str, int]
-    ) -> int:
+    def _write_reply(self, writable: tuple[int, int], reply: Message | tuple[str, str, int]) -> int:
         if isinstance(reply, tuple):
-            return self._write_error(writable, *reply)
-        payload = _flat(reply.payload)
+            return self._write_error(writable, reply)
+        raw = reply.payload
+        if not reply.buffers and type(raw) is bytes:  # the common small reply, kept short
+            hdr, room = writable
+            n = len(raw)
+            if REPLY_HEADER_BYTES + n <= room:
+                mem = self.ring.mem
+                mem[hdr + REPLY_HEADER_BYTES : hdr + REPLY_HEADER_BYTES + n] = raw
+                REP_HEADER.pack_into(mem, hdr, REP_MAGIC, PROTOCOL_VERSION, REPLY_OK, 0, 0, 0, n)
+                return REPLY_HEADER_BYTES + n
+        payload = _flat(raw)
         buffers = [_flat(b) for b in reply.buffers]
         if len(buffers) > MAX_REPLY_BUFFERS:
             return self._write_error(
                 writable,
-                "INTERNAL",
-                f"reply has {len(buffers)} buffers, at most {MAX_REPLY_BUFFERS}",
-                errno.EIO,
+                (
+                    "INTERNAL",
+                    f"reply has {len(buffers)} buffers, at most {MAX_REPLY_BUFFERS}",
+                    errno.EIO,
+                ),
             )
         lens = [b.nbytes for b in buffers]
         offsets, total = data_layout(payload.nbytes, lens)
-        (hdr, _), (data, room) = writable
-        if total > room:
+        hdr, room = writable
+        view = self.view
+        if REPLY_HEADER_BYTES + total > room:
             token = next(self._tokens)
             self._stash(token, payload, buffers)
             head = pack_reply_need_space(token, payload.nbytes, lens)
-            self.view[hdr : hdr + len(head)] = head
+            view[hdr : hdr + len(head)] = head
             return len(head)
-        self.view[data : data + payload.nbytes] = payload
+        data = hdr + REPLY_HEADER_BYTES
+        view[data : data + payload.nbytes] = payload
         for off, b in zip(offsets, buffers, strict=True):
-            self.view[data + off : data + off + b.nbytes] = b
+            view[data + off : data + off + b.nbytes] = b
         head = pack_reply_ok(payload.nbytes, lens)
-        self.view[hdr : hdr + len(head)] = head
+        view[hdr : hdr + len(head)] = head
         return REPLY_HEADER_BYTES + total
 
     def _stash(self, token: int, payload: memoryview, buffers: list[memoryview]) -> None:

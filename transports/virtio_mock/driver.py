@@ -2,10 +2,16 @@
 
 It allocates the shared memory (a sealed memfd) and two eventfds (kick: driver -> device,
 call: device -> driver), hands them to the device over the unix control socket as vhost-user
-does, and places every request in a split virtqueue inside that memory. Request buffers that
-already lie in the shared memory (see :meth:`VirtioMockChannel.alloc`) are not copied at all;
-reply buffers are returned as views into the shared memory (no copy) and their block is freed
-once nothing refers to them any more.
+does, and places every request in a split virtqueue inside that memory.
+
+Two kinds of chains:
+
+* small requests (no out-of-band buffers, header + payload within one slot) use one of the
+  preallocated *slots*: two fixed descriptors over a fixed block, nothing to allocate;
+* other requests take descriptors from the free list and blocks from the allocator. Request
+  buffers that already lie in the shared memory (see :meth:`VirtioMockChannel.alloc`) are not
+  copied at all; reply buffers are returned as views into the shared memory (no copy), and
+  their block is freed once nothing refers to them any more.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +39,8 @@ from vaccel_core.transport import Address, Buffer, CallError, Channel, Message, 
 
 from .layout import (
     DEFAULT_QUEUE_SIZE,
+    DESC,
+    U16,
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
     RingLayout,
@@ -42,6 +50,8 @@ from .memory import Allocator, OutOfSharedMemory
 from .protocol import (
     KIND_CALL,
     KIND_FETCH,
+    REP_HEADER,
+    REP_MAGIC,
     REPLY_ERROR,
     REPLY_HEADER_BYTES,
     REPLY_NEED_SPACE,
@@ -49,7 +59,7 @@ from .protocol import (
     ProtocolError,
     align,
     data_layout,
-    pack_request_header,
+    pack_request,
     recv_control,
     send_control,
     unpack_reply_header,
@@ -57,15 +67,21 @@ from .protocol import (
 
 #: Default size of the shared memory (a sparse memfd: pages cost nothing until touched).
 DEFAULT_MEMORY_BYTES = 1 << 30
-#: Smallest reply data area offered with each request.
+#: Smallest reply data area offered with a request that does not use a slot.
 DEFAULT_REPLY_BYTES = 64 * 1024
+#: A slot: request part, then reply header and reply data.
+SLOT_REQUEST_BYTES = 4096
+SLOT_BYTES = 16384
+#: How long a caller polls the used ring before it sleeps on the call eventfd.
+DEFAULT_SPIN_US = 50.0
 _POLL_SLICE = 1.0
+_U16 = (1 << 16) - 1
 
 
 def control_path(address: Address) -> str:
     """The control socket path of ``virtio-mock:///path`` (the part after the scheme)."""
     path = address.target
-    if not path or path in ("/", "//"):
+    if not path or path.strip("/") == "":
         raise CallError(
             "INVALID_ARGUMENT",
             f"address {address}: expected virtio-mock:///path/to/control.sock",
@@ -74,17 +90,16 @@ def control_path(address: Address) -> str:
     return path
 
 
-@dataclass
+@dataclass(slots=True)
 class _InFlight:
     head: int
-    descs: list[int]
-    blocks: list[int]  # allocator offsets freed on completion
-    reply_header: int  # offset of the reply header
-    data: int  # offset of the reply data area (-1: none)
-    data_len: int
+    descs: list[int]  # general chains: descriptors to free; slots: []
+    block: int  # allocator offset of the request block (-1: none / slot)
+    reply: int  # offset of the writable reply descriptor (header, then data)
+    reply_len: int
+    slot: int = -1
     abandoned: bool = False
-    result: int | None = None  # used length once complete
-    extra: dict[str, Any] = field(default_factory=dict)
+    result: int | None = None  # bytes the device wrote, once complete
 
 
 class VirtioMockChannel(Channel):
@@ -97,18 +112,19 @@ class VirtioMockChannel(Channel):
         self.queue_size = int(extra.get("virtio_mock_queue_size", DEFAULT_QUEUE_SIZE))
         self.memory_bytes = int(extra.get("virtio_mock_memory_bytes", DEFAULT_MEMORY_BYTES))
         self.reply_bytes = int(extra.get("virtio_mock_reply_bytes", DEFAULT_REPLY_BYTES))
+        self.spin_seconds = float(extra.get("virtio_mock_spin_us", DEFAULT_SPIN_US)) / 1e6
         self.max_message_bytes = options.max_message_bytes
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._closed = False
         self._dead: str | None = None
         self._reaping = False
+        self._waiters = 0
         self._inflight: dict[int, _InFlight] = {}
         self._chain_errors: dict[int, str] = {}
         self._avail_idx = 0
         self._last_used = 0
         self._fds: list[int] = []
-
         self._ctl = self._connect(options.connect_timeout)
         try:
             self._setup_memory()
@@ -142,15 +158,16 @@ class VirtioMockChannel(Channel):
         num = self.queue_size
         self.layout = RingLayout.at(0, num)
         self.data_start = align(self.layout.end, mmap.PAGESIZE)
-        if self.memory_bytes < self.data_start + REPLY_HEADER_BYTES + 4096:
+        self._nslots = num // 4
+        minimum = self.data_start + self._nslots * SLOT_BYTES + REPLY_HEADER_BYTES + 4096
+        if self.memory_bytes < minimum:
             raise CallError(
                 "INVALID_ARGUMENT",
-                f"virtio_mock_memory_bytes: at least {self.data_start + 8192} for a "
-                f"{num}-entry queue, got {self.memory_bytes}",
+                f"virtio_mock_memory_bytes: at least {minimum} for a {num}-entry queue, got "
+                f"{self.memory_bytes}",
                 code=errno.EINVAL,
             )
-        flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
-        self._memfd = os.memfd_create("vaccel-virtio-mock", flags)
+        self._memfd = os.memfd_create("vaccel-virtio-mock", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         self._fds.append(self._memfd)
         os.ftruncate(self._memfd, self.memory_bytes)
         # Sealed: neither side can shrink the file under the other's mapping (SIGBUS).
@@ -163,8 +180,22 @@ class VirtioMockChannel(Channel):
         self._mem_u8 = np.frombuffer(self.mem, dtype=np.uint8)
         self._base = int(self._mem_u8.ctypes.data)
         self.ring = SplitRing(self.mem, self.layout)
+        self._desc_base = self.layout.desc
+        self._avail_ring = self.layout.avail + 4
         self.allocator = Allocator(self.data_start, self.memory_bytes)
-        self._free_descs = list(range(num - 1, -1, -1))
+        # Slots: descriptors 2i (request, readable) and 2i+1 (reply, writable), fixed blocks.
+        self._slot_base = self.allocator.alloc(self._nslots * SLOT_BYTES)
+        self._free_slots = list(range(self._nslots - 1, -1, -1))
+        for i in range(self._nslots):
+            block = self._slot_base + i * SLOT_BYTES
+            self.ring.write_desc(
+                2 * i + 1,
+                block + SLOT_REQUEST_BYTES,
+                SLOT_BYTES - SLOT_REQUEST_BYTES,
+                VRING_DESC_F_WRITE,
+                0,
+            )
+        self._free_descs = list(range(num - 1, 2 * self._nslots - 1, -1))
         self._kick = os.eventfd(0, os.EFD_CLOEXEC)
         self._fds.append(self._kick)
         self._call = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -209,28 +240,32 @@ class VirtioMockChannel(Channel):
         """A uint8 array of ``nbytes`` inside the shared memory: fill it and pass it (or a
         view of it) as a request buffer, and the device reads it where it lies, without any
         copy. The block is freed when the array (and every view of it) is gone."""
-        with self._cv:
+        with self._lock:
             self._check_usable()
-            off = self.allocator.alloc(max(1, nbytes))
-        return self._owned_view(off, nbytes)
-
-    def _owned_view(self, off: int, nbytes: int) -> np.ndarray:
+            try:
+                off = self.allocator.alloc(max(1, nbytes))
+            except OutOfSharedMemory as exc:
+                raise CallError(
+                    "RESOURCE_EXHAUSTED",
+                    f"alloc({nbytes}): shared memory full: {exc}",
+                    code=errno.ENOMEM,
+                ) from None
         block: np.ndarray = self._mem_u8[off : off + max(1, nbytes)]
         weakref.finalize(block, self._free_block, off)
         return block[:nbytes]
 
     def _free_block(self, off: int) -> None:
-        with contextlib.suppress(ValueError):
-            self.allocator.free(off)
-        with self._cv:
-            self._cv.notify_all()
+        with self._lock:
+            with contextlib.suppress(ValueError):
+                self.allocator.free(off)
+            if self._waiters:
+                self._cv.notify_all()
 
     def _shm_offset(self, buf: memoryview) -> int | None:
         """The offset of ``buf`` in the shared memory, when it lies in our data area."""
         if buf.nbytes == 0:
             return None
-        addr = int(np.frombuffer(buf, dtype=np.uint8).ctypes.data)
-        off = addr - self._base
+        off = int(np.frombuffer(buf, dtype=np.uint8).ctypes.data) - self._base
         if self.data_start <= off and off + buf.nbytes <= self.memory_bytes:
             return off
         return None
@@ -238,9 +273,21 @@ class VirtioMockChannel(Channel):
     # Calls ----------------------------------------------------------------------------------
     def call(self, method: str, request: Message, timeout: float | None = None) -> Message:
         deadline = None if timeout is None else time.monotonic() + timeout
-        bufs = [_as_bytes_view(b, i) for i, b in enumerate(request.buffers)]
         payload = _as_bytes_view(request.payload, -1)
-        total = payload.nbytes + sum(b.nbytes for b in bufs)
+        try:
+            if not request.buffers:
+                first = pack_request(KIND_CALL, method, 0, payload)
+                if len(first) <= SLOT_REQUEST_BYTES:
+                    small = self._call_small(method, first, deadline)
+                    if small is not None:
+                        return small
+                bufs: list[memoryview] = []
+            else:
+                bufs = [_as_bytes_view(b, i) for i, b in enumerate(request.buffers)]
+                first = pack_request(KIND_CALL, method, len(bufs), payload)
+        except ProtocolError as exc:
+            raise CallError("INVALID_ARGUMENT", f"{method}: {exc}", code=errno.EINVAL) from exc
+        total = len(first) + sum(b.nbytes for b in bufs)
         if total > self.max_message_bytes:
             raise CallError(
                 "RESOURCE_EXHAUSTED",
@@ -248,58 +295,88 @@ class VirtioMockChannel(Channel):
                 f"({self.max_message_bytes})",
                 code=errno.ENOMEM,
             )
+        reply_len = REPLY_HEADER_BYTES + max(self.reply_bytes, align(total) + self.reply_bytes)
+        rec = self._submit(method, first, bufs, reply_len, deadline)
+        return self._finish(method, rec, self._wait(method, rec, deadline), deadline)
+
+    def _call_small(self, method: str, first: bytes, deadline: float | None) -> Message | None:
+        """A request without buffers in a free slot (None: no slot free). The common case,
+        kept short: two fixed descriptors, nothing to allocate, the reply copied out."""
+        mem = self.mem
+        with self._lock:
+            if self._closed or self._dead is not None:
+                self._check_usable()
+            if not self._free_slots:
+                return None
+            slot = self._free_slots.pop()
+            block = self._slot_base + slot * SLOT_BYTES
+            head = 2 * slot
+            mem[block : block + len(first)] = first
+            DESC.pack_into(
+                mem, self._desc_base + 16 * head, block, len(first), VRING_DESC_F_NEXT, head + 1
+            )
+            rec = _InFlight(
+                head, [], -1, block + SLOT_REQUEST_BYTES, SLOT_BYTES - SLOT_REQUEST_BYTES, slot
+            )
+            self._inflight[head] = rec
+            idx = self._avail_idx
+            U16.pack_into(mem, self._avail_ring + 2 * (idx % self.queue_size), head)
+            self._avail_idx = idx = (idx + 1) & _U16
+            self.ring.set_avail_idx(idx)  # the index after the entry
         try:
-            header = pack_request_header(KIND_CALL, method, len(bufs))
-        except ProtocolError as exc:
-            raise CallError("INVALID_ARGUMENT", f"{method}: {exc}", code=errno.EINVAL) from exc
-        reply_data = max(self.reply_bytes, align(total) + self.reply_bytes)
-        rec = self._submit(method, header, payload, bufs, reply_data, deadline)
+            os.eventfd_write(self._kick, 1)  # a syscall: also a full memory barrier
+        except OSError as exc:
+            raise self._gone(f"kick failed: {exc}") from exc
         used = self._wait(method, rec, deadline)
+        reply = rec.reply
+        if used >= REP_HEADER.size:
+            magic, _v, kind, _c, nbuf, _t, plen = REP_HEADER.unpack_from(mem, reply)
+            if (
+                kind == REPLY_OK
+                and nbuf == 0
+                and magic == REP_MAGIC
+                and REPLY_HEADER_BYTES + plen <= rec.reply_len
+            ):
+                data = reply + REPLY_HEADER_BYTES
+                payload = mem[data : data + plen]  # an mmap slice is a copy
+                with self._lock:
+                    self._free_slots.append(slot)
+                    rec.slot = -1
+                return Message(payload, ())
         return self._finish(method, rec, used, deadline)
 
     def _submit(
         self,
         method: str,
-        header: bytes,
-        payload: memoryview,
+        first: bytes,
         bufs: list[memoryview],
-        reply_data: int,
+        reply_len: int,
         deadline: float | None,
     ) -> _InFlight:
-        ndesc = 2 + len(bufs) + 2
-        if ndesc > self.queue_size:
+        ndesc = 2 + len(bufs)
+        if ndesc > self.queue_size - 2 * self._nslots:
             raise CallError(
                 "INVALID_ARGUMENT",
                 f"{method}: request needs {ndesc} descriptors ({len(bufs)} buffers), the "
-                f"virtqueue holds {self.queue_size}",
+                f"virtqueue has {self.queue_size - 2 * self._nslots} for such requests",
                 code=errno.EINVAL,
             )
-        # Readable parts that must be copied in: header, payload, buffers outside the memory.
         zero_copy = [self._shm_offset(b) for b in bufs]
-        sizes = [len(header), payload.nbytes] + [
-            b.nbytes if z is None else 0 for b, z in zip(bufs, zero_copy, strict=True)
-        ]
-        req_bytes = sum(align(n) for n in sizes) + REPLY_HEADER_BYTES
+        req_bytes = align(len(first)) + sum(
+            align(b.nbytes) for b, z in zip(bufs, zero_copy, strict=True) if z is None
+        )
         while True:
-            with self._cv:
+            with self._lock:
                 self._check_usable()
-                got = self._try_reserve(ndesc, req_bytes, reply_data)
-                if got is not None:
-                    descs, block, data = got
-                    break
-            self._make_progress(
-                method,
-                deadline,
-                waiting_for="space in the virtqueue",
-                need=(ndesc, req_bytes + reply_data),
-            )
+                got = self._try_reserve(ndesc, req_bytes, reply_len)
+            if got is not None:
+                break
+            self._progress(method, deadline, need=(ndesc, req_bytes + reply_len))
+        descs, block, reply = got
         # Fill the request block (outside the lock: it is ours alone).
-        chain: list[tuple[int, int, int]] = []  # (addr, len, flags)
-        pos = block
-        for part in (memoryview(header), payload):
-            self.mem[pos : pos + part.nbytes] = part
-            chain.append((pos, part.nbytes, 0))
-            pos += align(part.nbytes)
+        chain: list[tuple[int, int, int]] = [(block, len(first), 0)]
+        self.mem[block : block + len(first)] = first
+        pos = block + align(len(first))
         for b, z in zip(bufs, zero_copy, strict=True):
             if z is not None:
                 chain.append((z, b.nbytes, 0))
@@ -307,25 +384,23 @@ class VirtioMockChannel(Channel):
                 self.mem[pos : pos + b.nbytes] = b
                 chain.append((pos, b.nbytes, 0))
                 pos += align(b.nbytes)
-        reply_header = pos
-        chain.append((reply_header, REPLY_HEADER_BYTES, VRING_DESC_F_WRITE))
-        chain.append((data, reply_data, VRING_DESC_F_WRITE))
+        chain.append((reply, reply_len, VRING_DESC_F_WRITE))
+        last = len(chain) - 1
         for i, (addr, length, flags) in enumerate(chain):
-            last = i == len(chain) - 1
-            self.ring.write_desc(
-                descs[i],
-                addr,
-                length,
-                flags | (0 if last else VRING_DESC_F_NEXT),
-                0 if last else descs[i + 1],
-            )
-        rec = _InFlight(descs[0], descs, [block], reply_header, data, reply_data)
+            if i < last:
+                self.ring.write_desc(
+                    descs[i], addr, length, flags | VRING_DESC_F_NEXT, descs[i + 1]
+                )
+            else:
+                self.ring.write_desc(descs[i], addr, length, flags, 0)
+        rec = _InFlight(descs[0], descs, block, reply, reply_len)
         self._publish(rec)
         return rec
 
     def _try_reserve(
-        self, ndesc: int, req_bytes: int, reply_data: int
+        self, ndesc: int, req_bytes: int, reply_len: int
     ) -> tuple[list[int], int, int] | None:
+        """Called with the lock held: descriptors, request block and reply block, or None."""
         if len(self._free_descs) < ndesc:
             return None
         try:
@@ -333,89 +408,108 @@ class VirtioMockChannel(Channel):
         except OutOfSharedMemory:
             return None
         try:
-            data = self.allocator.alloc(reply_data)
+            reply = self.allocator.alloc(reply_len)
         except OutOfSharedMemory:
             self.allocator.free(block)
             return None
-        descs = [self._free_descs.pop() for _ in range(ndesc)]
-        return descs, block, data
+        return [self._free_descs.pop() for _ in range(ndesc)], block, reply
 
     def _publish(self, rec: _InFlight) -> None:
-        with self._cv:
-            self._check_usable()
+        ring = self.ring
+        with self._lock:
+            if self._dead is not None or self._closed:
+                self._release(rec)
+                self._check_usable()
             self._inflight[rec.head] = rec
             slot = self._avail_idx
-            self.ring.set_avail_entry(slot, rec.head)  # the entry first ...
-            self._avail_idx = (slot + 1) & 0xFFFF
-            self.ring.set_avail_idx(self._avail_idx)  # ... then the index
+            ring.set_avail_entry(slot, rec.head)  # the entry first ...
+            self._avail_idx = slot = (slot + 1) & _U16
+            ring.set_avail_idx(slot)  # ... then the index
         try:
             os.eventfd_write(self._kick, 1)  # a syscall: also a full memory barrier
         except OSError as exc:
             raise self._gone(f"kick failed: {exc}") from exc
 
     def _wait(self, method: str, rec: _InFlight, deadline: float | None) -> int:
+        with self._lock:
+            # The device often completes while the kick is still being delivered: look at the
+            # used ring before sleeping (the call eventfd's count is consumed by a later poll).
+            if self._dead is None and not self._closed:
+                self._drain_used()
+            if rec.result is not None:
+                return rec.result
+        # Poll the used ring for a short while before sleeping (as virtio drivers' busy
+        # polling does), yielding the CPU each time so that a device on this CPU can run:
+        # waking a sleeping thread costs more than a short request takes to serve.
+        spin_until = time.perf_counter() + self.spin_seconds
         while True:
-            with self._cv:
+            os.sched_yield()
+            with self._lock:
+                if self._dead is None and not self._closed:
+                    self._drain_used()
+                if rec.result is not None:
+                    return rec.result
+            if time.perf_counter() >= spin_until:
+                break
+        while True:
+            with self._lock:
                 if rec.result is not None:
                     return rec.result
                 if self._dead is not None or self._closed:
-                    self._abandon(rec)
+                    rec.abandoned = True
                     self._check_usable()
             try:
-                self._make_progress(method, deadline, waiting_for="the reply")
+                self._progress(method, deadline)
             except CallError:
-                with self._cv:
+                with self._lock:
                     if rec.result is not None:
                         return rec.result
-                    self._abandon(rec)
+                    rec.abandoned = True  # the completion frees what it holds
                 raise
 
-    def _abandon(self, rec: _InFlight) -> None:
-        """Called with the lock held: the caller gives up; the completion frees the rest."""
-        if rec.head in self._inflight:
-            rec.abandoned = True
-
-    def _make_progress(
-        self,
-        method: str,
-        deadline: float | None,
-        *,
-        waiting_for: str,
-        need: tuple[int, int] | None = None,
+    def _progress(
+        self, method: str, deadline: float | None, need: tuple[int, int] | None = None
     ) -> None:
-        """Wait a little for completions: become the reaper (poll the eventfd and the control
-        socket, then drain the used ring), or wait for the thread that is."""
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            raise self._timeout_error(method, waiting_for, need)
-        slice_ = _POLL_SLICE if remaining is None else min(remaining, _POLL_SLICE)
-        with self._cv:
+        """Wait a little for completions: become the reaper (poll the call eventfd and the
+        control socket, then drain the used ring), or wait for the thread that is."""
+        if deadline is None:
+            slice_ = _POLL_SLICE
+        else:
+            slice_ = min(deadline - time.monotonic(), _POLL_SLICE)
+            if slice_ <= 0:
+                raise self._timeout_error(method, need)
+        with self._lock:
             if self._reaping:
+                self._waiters += 1
                 self._cv.wait(slice_)
+                self._waiters -= 1
                 return
             self._reaping = True
         events: list[tuple[int, int]] = []
         try:
             events = self._poller.poll(slice_ * 1000.0)
-            for fd, ev in events:
+            for fd, _ev in events:
                 if fd == self._call:
-                    with contextlib.suppress(BlockingIOError):
+                    try:  # noqa: SIM105 (hot path: contextlib.suppress costs more)
                         os.eventfd_read(self._call)
+                    except BlockingIOError:
+                        pass
                 else:
-                    self._read_control(ev)
+                    self._read_control()
         except OSError as exc:
             if not self._closed:
                 self._mark_dead(f"polling failed: {exc}")
         finally:
-            with self._cv:
+            with self._lock:
                 self._reaping = False
                 if self._dead is None and not self._closed:
                     self._drain_used()
-                self._cv.notify_all()
-        if need is not None and events == []:
-            gc.collect()  # reply views in reference cycles may hold shared memory
+                if self._waiters:
+                    self._cv.notify_all()
+        if need is not None and not events:
+            gc.collect()  # reply views caught in reference cycles may hold shared memory
 
-    def _read_control(self, events: int) -> None:
+    def _read_control(self) -> None:
         while True:
             try:
                 message, fds = recv_control(self._ctl)
@@ -430,110 +524,103 @@ class VirtioMockChannel(Channel):
                 self._mark_dead("the device closed the control socket (agent stopped or died)")
                 return
             if message.get("event") == "chain_error":
-                with self._cv:
+                with self._lock:
                     self._chain_errors[int(message.get("head", -1))] = str(message.get("reason"))
+            elif message.get("event") == "device_error":
+                self._mark_dead(f"device error: {message.get('reason')}")
 
     def _drain_used(self) -> None:
         """Called with the lock held: record every new used element."""
-        used = self.ring.used_idx()
-        pending = (used - self._last_used) & 0xFFFF
+        ring = self.ring
+        used = ring.used_idx()
+        pending = (used - self._last_used) & _U16
         if pending > self.queue_size:
-            self._mark_dead(
-                f"device broke the used ring (index moved by {pending} > {self.queue_size})",
-                locked=True,
+            self._dead = self._dead or (
+                f"device broke the used ring (index moved by {pending} > {self.queue_size})"
             )
             return
         for _ in range(pending):
-            head, length = self.ring.used_entry(self._last_used)
-            self._last_used = (self._last_used + 1) & 0xFFFF
+            head, length = ring.used_entry(self._last_used)
+            self._last_used = (self._last_used + 1) & _U16
             rec = self._inflight.pop(head, None)
             if rec is None:
                 logger.warning(
                     "virtio-mock %s: device completed unknown chain %d", self.address, head
                 )
                 continue
-            self._free_descs.extend(rec.descs)
-            if rec.abandoned:
-                for block in rec.blocks:
-                    self.allocator.free(block)
-                if rec.data >= 0:
-                    self.allocator.free(rec.data)
-            else:
-                rec.result = length
             if rec.abandoned:
                 self._chain_errors.pop(head, None)
+                self._release(rec)
+            else:
+                rec.result = length
 
-    def _finish(self, method: str, rec: _InFlight, used: int, deadline: float | None) -> Message:
-        try:
-            if used == 0:
-                with self._cv:
-                    reason = self._chain_errors.pop(rec.head, None)
-                if reason is None:
-                    self._read_control(0)
-                    with self._cv:
-                        reason = self._chain_errors.pop(rec.head, "no reason given")
-                raise CallError(
-                    "INVALID_ARGUMENT",
-                    f"{method}: virtio-mock device at {self.address} rejected the descriptor "
-                    f"chain: {reason}",
-                    code=errno.EINVAL,
-                )
-            if used > REPLY_HEADER_BYTES + rec.data_len:
-                raise self._gone(f"device reported {used} bytes written, more than offered")
-            raw = bytes(
-                self.mem[rec.reply_header : rec.reply_header + min(used, REPLY_HEADER_BYTES)]
-            )
-            try:
-                reply = unpack_reply_header(raw, len(raw))
-            except (ProtocolError, ValueError, KeyError) as exc:
-                raise self._gone(f"malformed reply header: {exc}") from exc
-        except BaseException:
-            self._release(rec, keep_data=False)
-            raise
-        if reply.kind == REPLY_ERROR:
-            self._release(rec, keep_data=False)
-            raise CallError(reply.status or "UNKNOWN", reply.message, code=reply.code)
-        if reply.kind == REPLY_NEED_SPACE:
-            self._release(rec, keep_data=False)
-            return self._fetch(method, reply.token, reply.payload_len, reply.buffer_lens, deadline)
-        if reply.kind != REPLY_OK:
-            self._release(rec, keep_data=False)
-            raise self._gone(f"unknown reply kind {reply.kind}")
-        return self._unpack(rec, reply.payload_len, reply.buffer_lens)
-
-    def _unpack(self, rec: _InFlight, payload_len: int, lens: Sequence[int]) -> Message:
-        offsets, total = data_layout(payload_len, lens)
-        if total > rec.data_len:
-            self._release(rec, keep_data=False)
-            raise self._gone(f"reply of {total} bytes overruns the {rec.data_len}-byte area")
-        payload = bytes(self.mem[rec.data : rec.data + payload_len])
-        self._release(rec, keep_data=bool(lens))
-        if not lens:
-            return Message(payload, ())
-        area: np.ndarray = self._mem_u8[rec.data : rec.data + rec.data_len]
-        weakref.finalize(area, self._free_block, rec.data)
-        buffers = tuple(area[o : o + n].data for o, n in zip(offsets, lens, strict=True))
-        return Message(payload, buffers)
-
-    def _release(self, rec: _InFlight, *, keep_data: bool) -> None:
-        for block in rec.blocks:
-            self.allocator.free(block)
-        rec.blocks = []
-        if rec.data >= 0 and not keep_data:
-            self.allocator.free(rec.data)
-        rec.data = -1 if not keep_data else rec.data
-        with self._cv:
+    def _release(self, rec: _InFlight, *, keep_reply: bool = False) -> None:
+        """Called with the lock held: give back what a chain holds."""
+        if rec.slot >= 0:
+            self._free_slots.append(rec.slot)
+            rec.slot = -1
+            return
+        self._free_descs.extend(rec.descs)
+        rec.descs = []
+        if rec.block >= 0:
+            self.allocator.free(rec.block)
+            rec.block = -1
+        if rec.reply >= 0 and not keep_reply:
+            self.allocator.free(rec.reply)
+        rec.reply = -1
+        if self._waiters:
             self._cv.notify_all()
 
-    def _fetch(
-        self,
-        method: str,
-        token: int,
-        payload_len: int,
-        lens: Sequence[int],
-        deadline: float | None,
-    ) -> Message:
-        _offsets, total = data_layout(payload_len, lens)
+    def _finish(self, method: str, rec: _InFlight, used: int, deadline: float | None) -> Message:
+        """Decode the reply of a completed chain and give back what it holds."""
+        is_slot = rec.slot >= 0
+        try:
+            if used == 0:
+                raise self._rejected(method, rec.head)
+            if used > rec.reply_len:
+                raise self._gone(f"device reported {used} bytes written, {rec.reply_len} offered")
+            try:
+                reply = unpack_reply_header(self.mem, rec.reply, used)
+            except (ProtocolError, ValueError, KeyError) as exc:
+                raise self._gone(f"malformed reply header: {exc}") from exc
+            if reply.kind == REPLY_ERROR:
+                raise CallError(reply.status or "UNKNOWN", reply.message, code=reply.code)
+            if reply.kind not in (REPLY_OK, REPLY_NEED_SPACE):
+                raise self._gone(f"unknown reply kind {reply.kind}")
+            offsets, total = data_layout(reply.payload_len, reply.buffer_lens)
+            if reply.kind == REPLY_OK and REPLY_HEADER_BYTES + total > rec.reply_len:
+                raise self._gone(f"reply of {total} bytes overruns the {rec.reply_len}-byte area")
+        except BaseException:
+            with self._lock:
+                self._release(rec)
+            raise
+        if reply.kind == REPLY_NEED_SPACE:
+            with self._lock:
+                self._release(rec)
+            return self._fetch(method, reply.token, total, deadline)
+        data = rec.reply + REPLY_HEADER_BYTES
+        payload = self.mem[data : data + reply.payload_len]  # mmap slices are copies
+        if is_slot or not reply.buffer_lens:
+            buffers: tuple[Any, ...] = tuple(
+                self.mem[data + o : data + o + n]
+                for o, n in zip(offsets, reply.buffer_lens, strict=True)
+            )
+            with self._lock:
+                self._release(rec)
+            return Message(payload, buffers)
+        # Zero-copy: views into the reply block, freed when the last view goes.
+        area: np.ndarray = self._mem_u8[rec.reply : rec.reply + rec.reply_len]
+        weakref.finalize(area, self._free_block, rec.reply)
+        with self._lock:
+            self._release(rec, keep_reply=True)
+        buffers = tuple(
+            area[REPLY_HEADER_BYTES + o : REPLY_HEADER_BYTES + o + n].data
+            for o, n in zip(offsets, reply.buffer_lens, strict=True)
+        )
+        return Message(payload, buffers)
+
+    def _fetch(self, method: str, token: int, total: int, deadline: float | None) -> Message:
+        """Collect a reply the device kept because it did not fit (see protocol)."""
         if total > self.max_message_bytes:
             raise CallError(
                 "RESOURCE_EXHAUSTED",
@@ -541,23 +628,33 @@ class VirtioMockChannel(Channel):
                 f"({self.max_message_bytes})",
                 code=errno.ENOMEM,
             )
-        header = pack_request_header(KIND_FETCH, method, 0, token)
-        rec = self._submit(method, header, memoryview(b""), [], max(total, 1), deadline)
-        used = self._wait(method, rec, deadline)
-        result = self._finish(method, rec, used, deadline)
-        return result
+        first = pack_request(KIND_FETCH, method, 0, b"", token)
+        rec = self._submit(method, first, [], REPLY_HEADER_BYTES + max(total, 1), deadline)
+        return self._finish(method, rec, self._wait(method, rec, deadline), deadline)
 
     # Errors and state -----------------------------------------------------------------------
-    def _timeout_error(
-        self, method: str, waiting_for: str, need: tuple[int, int] | None
-    ) -> CallError:
+    def _rejected(self, method: str, head: int) -> CallError:
+        with self._lock:
+            reason = self._chain_errors.pop(head, None)
+        if reason is None:
+            self._read_control()  # the device sends the reason before the completion
+            with self._lock:
+                reason = self._chain_errors.pop(head, "no reason given")
+        return CallError(
+            "INVALID_ARGUMENT",
+            f"{method}: virtio-mock device at {self.address} rejected the descriptor chain: "
+            f"{reason}",
+            code=errno.EINVAL,
+        )
+
+    def _timeout_error(self, method: str, need: tuple[int, int] | None) -> CallError:
         if need is not None:
-            with self._cv:
+            with self._lock:
                 detail = (
                     f"virtqueue full or shared memory exhausted: need {need[0]} descriptors "
-                    f"({len(self._free_descs)} free of {self.queue_size}, "
-                    f"{len(self._inflight)} requests in flight) and {need[1]} bytes (largest "
-                    f"free block {self.allocator.largest_free()} of {self.allocator.capacity})"
+                    f"({len(self._free_descs)} free, {len(self._inflight)} requests in "
+                    f"flight) and {need[1]} bytes (largest free block "
+                    f"{self.allocator.largest_free()} of {self.allocator.capacity})"
                 )
             return CallError("RESOURCE_EXHAUSTED", f"{method}: {detail}", code=errno.ENOMEM)
         return CallError(
@@ -570,12 +667,8 @@ class VirtioMockChannel(Channel):
         self._mark_dead(why)
         return RemoteError(f"virtio-mock device at {self.address}: {why}")
 
-    def _mark_dead(self, why: str, *, locked: bool = False) -> None:
-        if locked:
-            self._dead = self._dead or why
-            self._cv.notify_all()
-            return
-        with self._cv:
+    def _mark_dead(self, why: str) -> None:
+        with self._lock:
             self._dead = self._dead or why
             self._cv.notify_all()
 
@@ -586,7 +679,7 @@ class VirtioMockChannel(Channel):
             raise RemoteError(f"virtio-mock device at {self.address}: {self._dead}")
 
     def close(self) -> None:
-        with self._cv:
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
@@ -603,6 +696,9 @@ class VirtioMockChannel(Channel):
         self._fds = []
         mem = getattr(self, "mem", None)
         if mem is not None:
+            ring = getattr(self, "ring", None)
+            if ring is not None:
+                ring.close()
             self._mem_u8 = np.empty(0, dtype=np.uint8)
             # Reply views still alive keep the mapping until the last of them goes.
             with contextlib.suppress(BufferError):

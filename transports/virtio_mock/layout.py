@@ -65,14 +65,27 @@ def check_queue_size(num: int) -> None:
 class SplitRing:
     """Reads and writes one split virtqueue in a shared buffer (an ``mmap``).
 
-    Every accessor copies values in or out with ``struct``: a device never keeps a reference
-    into memory the driver may change under it.
+    Descriptors and ring entries are copied in or out with ``struct``: a device never keeps a
+    reference into memory the driver may change under it. The two ``idx`` fields, which the
+    other side reads while they change, go through one-element numpy views, so that each is
+    read and written as one aligned 16-bit access (``struct`` writes byte by byte, and a
+    reader could see half of an update).
     """
 
     def __init__(self, mem: Any, layout: RingLayout) -> None:
+        import numpy as np
+
         self.mem = mem
         self.layout = layout
         self.num = layout.num
+        self._avail_idx = np.frombuffer(mem, dtype="<u2", count=1, offset=layout.avail + 2)
+        self._used_idx = np.frombuffer(mem, dtype="<u2", count=1, offset=layout.used + 2)
+
+    def close(self) -> None:
+        """Drop the views into the memory (so that the mapping can be closed)."""
+        import numpy as np
+
+        self._avail_idx = self._used_idx = np.zeros(1, dtype="<u2")
 
     # Descriptor table ------------------------------------------------------------------------
     def write_desc(self, index: int, addr: int, length: int, flags: int, next_: int) -> None:
@@ -87,10 +100,10 @@ class SplitRing:
 
     # Available ring (driver -> device) -----------------------------------------------------
     def avail_idx(self) -> int:
-        return int(U16.unpack_from(self.mem, self.layout.avail + 2)[0])
+        return int(self._avail_idx[0])
 
     def set_avail_idx(self, value: int) -> None:
-        U16.pack_into(self.mem, self.layout.avail + 2, value & 0xFFFF)
+        self._avail_idx[0] = value & 0xFFFF
 
     def avail_entry(self, idx: int) -> int:
         return int(U16.unpack_from(self.mem, self.layout.avail + 4 + 2 * (idx % self.num))[0])
@@ -100,10 +113,10 @@ class SplitRing:
 
     # Used ring (device -> driver) ------------------------------------------------------------
     def used_idx(self) -> int:
-        return int(U16.unpack_from(self.mem, self.layout.used + 2)[0])
+        return int(self._used_idx[0])
 
     def set_used_idx(self, value: int) -> None:
-        U16.pack_into(self.mem, self.layout.used + 2, value & 0xFFFF)
+        self._used_idx[0] = value & 0xFFFF
 
     def used_entry(self, idx: int) -> tuple[int, int]:
         """(id, len) of the used element at free-running index ``idx``."""

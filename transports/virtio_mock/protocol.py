@@ -7,8 +7,8 @@ packet, file descriptors attached with ``SCM_RIGHTS``; the device answers each w
 
 A request is one descriptor chain::
 
-    device-readable:  [request header + method name] [payload] [buffer 0] ... [buffer n-1]
-    device-writable:  [reply header (REPLY_HEADER_BYTES)] [reply data area]
+    device-readable:  [request header | method name | payload] [buffer 0] ... [buffer n-1]
+    device-writable:  [reply header (REPLY_HEADER_BYTES) | reply data area]
 
 The reply data area receives the reply payload at offset 0 and each reply buffer after it,
 64-byte aligned (:func:`data_layout`). When the reply does not fit, the device keeps it and
@@ -23,8 +23,7 @@ import json
 import socket
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 PROTOCOL_VERSION = 1
 CONTROL_PACKET_BYTES = 65536
@@ -32,7 +31,9 @@ MAX_CONTROL_FDS = 4
 
 # Request header -------------------------------------------------------------------------------
 REQ_MAGIC = b"VMRQ"
-REQ_HEADER = struct.Struct("<4sHHIIQ")  # magic, version, kind, method_len, nbuf, token
+REQ_HEADER = struct.Struct(
+    "<4sHHIIQQ"
+)  # magic, version, kind, method_len, nbuf, token, payload_len
 KIND_CALL = 1
 KIND_FETCH = 2
 MAX_METHOD_BYTES = 1024
@@ -70,44 +71,51 @@ def data_layout(payload_len: int, buffer_lens: Sequence[int]) -> tuple[list[int]
 
 
 # Request header ---------------------------------------------------------------------------
-def pack_request_header(kind: int, method: str, nbuf: int, token: int = 0) -> bytes:
+def pack_request(
+    kind: int, method: str, nbuf: int, payload: bytes | memoryview = b"", token: int = 0
+) -> bytes:
+    """The first (device-readable) descriptor's contents: header, method name, payload."""
     name = method.encode()
     if len(name) > MAX_METHOD_BYTES:
         raise ProtocolError(f"method name: at most {MAX_METHOD_BYTES} bytes, got {len(name)}")
-    return REQ_HEADER.pack(REQ_MAGIC, PROTOCOL_VERSION, kind, len(name), nbuf, token) + name
+    head = REQ_HEADER.pack(REQ_MAGIC, PROTOCOL_VERSION, kind, len(name), nbuf, token, len(payload))
+    return b"".join((head, name, payload))
 
 
-@dataclass(frozen=True)
-class RequestHeader:
+class RequestHeader(NamedTuple):
     kind: int
     method: str
     nbuf: int
     token: int
+    payload_offset: int  # from the start of the descriptor
+    payload_len: int
 
 
-def unpack_request_header(data: memoryview) -> RequestHeader:
-    if len(data) < REQ_HEADER.size:
+def unpack_request_header(mem: Any, addr: int, length: int) -> RequestHeader:
+    """Parse the request header of the descriptor ``[addr, addr + length)`` of ``mem``."""
+    if length < REQ_HEADER.size:
         raise ProtocolError(
-            f"request header: expected at least {REQ_HEADER.size} bytes, got {len(data)}"
+            f"request header: expected at least {REQ_HEADER.size} bytes, got {length}"
         )
-    magic, version, kind, method_len, nbuf, token = REQ_HEADER.unpack_from(data)
+    magic, version, kind, method_len, nbuf, token, payload_len = REQ_HEADER.unpack_from(mem, addr)
     if magic != REQ_MAGIC:
         raise ProtocolError(f"request header: bad magic {bytes(magic)!r} (expected {REQ_MAGIC!r})")
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"request header: version {version}, this device speaks 1")
     if kind not in (KIND_CALL, KIND_FETCH):
         raise ProtocolError(f"request header: unknown kind {kind}")
-    if method_len > MAX_METHOD_BYTES or REQ_HEADER.size + method_len > len(data):
+    start = REQ_HEADER.size + method_len
+    if method_len > MAX_METHOD_BYTES or start + payload_len > length:
         raise ProtocolError(
-            f"request header: method name of {method_len} bytes does not fit the "
-            f"{len(data)}-byte header descriptor"
+            f"request header: method name ({method_len} bytes) and payload ({payload_len} "
+            f"bytes) do not fit the {length}-byte descriptor"
         )
-    raw = bytes(data[REQ_HEADER.size : REQ_HEADER.size + method_len])
+    raw = mem[addr + REQ_HEADER.size : addr + start]
     try:
-        method = raw.decode()
+        method = bytes(raw).decode()
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"request header: method name is not UTF-8: {raw!r}") from exc
-    return RequestHeader(kind, method, nbuf, token)
+        raise ProtocolError(f"request header: method name is not UTF-8: {bytes(raw)!r}") from exc
+    return RequestHeader(kind, method, nbuf, token, start, payload_len)
 
 
 # Reply header -----------------------------------------------------------------------------
@@ -115,7 +123,9 @@ def pack_reply_ok(payload_len: int, buffer_lens: Sequence[int]) -> bytes:
     head = REP_HEADER.pack(
         REP_MAGIC, PROTOCOL_VERSION, REPLY_OK, 0, len(buffer_lens), 0, payload_len
     )
-    return head + b"".join(REP_LEN.pack(n) for n in buffer_lens)
+    if not buffer_lens:
+        return head
+    return head + struct.pack(f"<{len(buffer_lens)}Q", *buffer_lens)
 
 
 def pack_reply_need_space(token: int, payload_len: int, buffer_lens: Sequence[int]) -> bytes:
@@ -134,8 +144,7 @@ def pack_reply_error(status: str, message: str, code: int) -> bytes:
     return REP_HEADER.pack(REP_MAGIC, PROTOCOL_VERSION, REPLY_ERROR, code, 0, 0, len(text)) + text
 
 
-@dataclass(frozen=True)
-class ReplyHeader:
+class ReplyHeader(NamedTuple):
     kind: int
     code: int
     token: int
@@ -145,22 +154,23 @@ class ReplyHeader:
     message: str = ""
 
 
-def unpack_reply_header(data: memoryview | bytes, written: int) -> ReplyHeader:
+def unpack_reply_header(mem: Any, addr: int, written: int) -> ReplyHeader:
+    """Parse the reply header the device wrote at ``addr`` (``written`` bytes in all)."""
     if written < REP_HEADER.size:
         raise ProtocolError(f"reply header: device wrote {written} bytes, need {REP_HEADER.size}")
-    magic, version, kind, code, nbuf, token, payload_len = REP_HEADER.unpack_from(data)
+    magic, version, kind, code, nbuf, token, payload_len = REP_HEADER.unpack_from(mem, addr)
     if magic != REP_MAGIC or version != PROTOCOL_VERSION:
         raise ProtocolError(f"reply header: bad magic/version {bytes(magic)!r}/{version}")
     if kind == REPLY_ERROR:
-        end = REP_HEADER.size + payload_len
-        info = json.loads(bytes(data[REP_HEADER.size : end]).decode())
+        if payload_len > REPLY_HEADER_BYTES - REP_HEADER.size:
+            raise ProtocolError(f"reply header: error text of {payload_len} bytes")
+        start = addr + REP_HEADER.size
+        info = json.loads(bytes(mem[start : start + payload_len]).decode())
         return ReplyHeader(kind, code, 0, 0, (), str(info["status"]), str(info["message"]))
     if nbuf > MAX_REPLY_BUFFERS:
         raise ProtocolError(f"reply header: {nbuf} buffers > {MAX_REPLY_BUFFERS}")
-    lens = tuple(
-        REP_LEN.unpack_from(data, REP_HEADER.size + REP_LEN.size * i)[0] for i in range(nbuf)
-    )
-    return ReplyHeader(kind, code, token, payload_len, lens)
+    lens = struct.unpack_from(f"<{nbuf}Q", mem, addr + REP_HEADER.size) if nbuf else ()
+    return ReplyHeader(kind, code, token, payload_len, tuple(lens))
 
 
 # Control socket -----------------------------------------------------------------------------
