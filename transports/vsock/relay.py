@@ -1,0 +1,137 @@
+"""A byte relay between stream sockets: how gRPC traffic crosses AF_VSOCK.
+
+grpcio's wheels can neither bind nor dial ``vsock:`` addresses, so each side keeps gRPC on a
+private unix socket and relays every connection byte for byte to or from an AF_VSOCK socket.
+The bytes on the vsock wire are therefore plain gRPC (HTTP/2), exactly what the agent's
+``unix://`` listener speaks: which is what hybrid vsock (Firecracker, Cloud Hypervisor,
+Dragonball) needs, since there the guest's vsock connection arrives on a host unix socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+from collections.abc import Callable
+
+from vaccel_core.log import logger
+
+CHUNK = 1 << 20
+
+
+def _pump(src: socket.socket, dst: socket.socket, done: Callable[[], None]) -> None:
+    """Copy ``src`` to ``dst`` until EOF or an error, then half-close ``dst``."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    try:
+        while True:
+            n = src.recv_into(buf)
+            if not n:
+                break
+            dst.sendall(view[:n])
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        # One side failed (reset, closed): tear both down so the other pump ends too.
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+    finally:
+        done()
+
+
+class Pair:
+    """Two connected sockets relayed both ways by two threads; closed when both end."""
+
+    def __init__(self, a: socket.socket, b: socket.socket, name: str) -> None:
+        self.a, self.b = a, b
+        self._left = 2
+        self._lock = threading.Lock()
+        self.closed = threading.Event()
+        for src, dst, tag in ((a, b, "->"), (b, a, "<-")):
+            threading.Thread(
+                target=_pump, args=(src, dst, self._one_done), name=f"{name} {tag}", daemon=True
+            ).start()
+
+    def _one_done(self) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            for s in (self.a, self.b):
+                s.close()
+            self.closed.set()
+
+    def abort(self) -> None:
+        """Cut both connections (the pumps then end and close the sockets)."""
+        for s in (self.a, self.b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+class Relay:
+    """Accepts on ``listening`` and relays each connection to a socket from ``dial()``.
+
+    ``dial`` may raise OSError: the accepted connection is then closed and the error is kept
+    in :attr:`last_error` (the side that waits on the other end reports it).
+    """
+
+    def __init__(
+        self, listening: socket.socket, dial: Callable[[], socket.socket], name: str
+    ) -> None:
+        self.listening = listening
+        self.dial = dial
+        self.name = name
+        self.last_error: OSError | None = None
+        self.pairs: list[Pair] = []
+        self._lock = threading.Lock()
+        self._stop_r, self._stop_w = socket.socketpair()
+        self._thread = threading.Thread(target=self._accept_loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self.listening.fileno(), select.POLLIN)
+        poller.register(self._stop_r.fileno(), select.POLLIN)
+        while True:
+            ready = [fd for fd, _ in poller.poll()]
+            if self._stop_r.fileno() in ready:
+                return
+            try:
+                conn, _ = self.listening.accept()
+            except OSError as exc:
+                logger.debug("%s: accept failed: %s", self.name, exc)
+                continue
+            try:
+                other = self.dial()
+            except OSError as exc:
+                self.last_error = exc
+                logger.warning("%s: cannot reach the other side: %s", self.name, exc)
+                conn.close()
+                continue
+            self.last_error = None
+            with self._lock:
+                self.pairs = [p for p in self.pairs if not p.closed.is_set()]
+                self.pairs.append(Pair(conn, other, self.name))
+
+    def stop_accepting(self, timeout: float = 2.0) -> None:
+        """Accept no more connections (relayed ones go on)."""
+        if self.listening.fileno() < 0:
+            return
+        with contextlib.suppress(OSError):
+            self._stop_w.send(b"x")
+        self._thread.join(timeout)
+        self.listening.close()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop accepting, cut every relayed connection, wait up to ``timeout`` seconds."""
+        self.stop_accepting(timeout)
+        with self._lock:
+            pairs = list(self.pairs)
+        for pair in pairs:
+            pair.abort()
+        for pair in pairs:
+            pair.closed.wait(timeout)
+        self._stop_r.close()
+        self._stop_w.close()
