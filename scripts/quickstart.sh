@@ -20,9 +20,10 @@ venv="$repo/.venv"
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'quickstart: error: %s\n' "$*" >&2; exit 1; }
 
-command -v "$python" >/dev/null 2>&1 || die "$python not found (set PYTHON=/path/to/python3.10+)"
+version="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" \
+    || die "cannot run $python (set PYTHON=/path/to/python3.10 or newer)"
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-    || die "Python 3.10 or newer is needed, $python is $("$python" -V 2>&1)"
+    || die "Python 3.10 or newer is needed, $python is $version (set PYTHON=...)"
 
 if [ ! -x "$venv/bin/python" ]; then
     say "creating $venv"
