@@ -1,0 +1,243 @@
+"""Remote overhead: our rpc backend + agent vs a bare gRPC echo of the same size.
+
+One run starts the agent (noop backend) and a bare gRPC echo server, each as its own process,
+both listening on a unix socket and on tcp. For each transport it times, alternating call by
+call, the same round trip through our layers (``Session`` -> rpc backend -> transport -> agent
+-> noop backend and back) and through a bare gRPC echo of the same request and reply sizes:
+
+* ``noop``: ``session.noop()``
+* ``1 MiB`` / ``64 MiB``: ``session.fpga_arraycopy(a)`` with an int32 tensor of that size (the
+  noop backend returns a tensor of the same size)
+
+The bare client sends ``tensor.tobytes()`` and wraps the reply with ``np.frombuffer`` (the least
+a gRPC client holding a numpy array does); the bare server returns its request unchanged.
+It prints medians and the ratio ours / bare (goal: at most 1.20). Usage::
+
+    python benchmarks/bench_remote.py [--rounds-noop 300] [--rounds-1m 40] [--rounds-64m 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent import futures
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MAX = (1 << 31) - 1
+GRPC_OPTIONS = [("grpc.max_send_message_length", MAX), ("grpc.max_receive_message_length", MAX)]
+
+
+def echo_server(addresses: list[str]) -> int:
+    """A bare gRPC server whose one method returns its request bytes (identity serializers)."""
+    import grpc
+
+    def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+        size = int(dict(context.invocation_metadata()).get("reply-size", len(request)))
+        return request if size == len(request) else bytes(size)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=GRPC_OPTIONS)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+            ),
+        )
+    )
+    bound = []
+    for address in addresses:
+        if address.startswith("unix://"):
+            server.add_insecure_port("unix:" + address[len("unix://") :])
+            bound.append(address)
+        else:
+            host = address[len("tcp://") :].rsplit(":", 1)[0]
+            port = server.add_insecure_port(address[len("tcp://") :])
+            bound.append(f"tcp://{host}:{port}")
+    server.start()
+    for address in bound:
+        print(f"Listening on '{address}'", flush=True)
+    server.wait_for_termination()
+    return 0
+
+
+def start(
+    cmd: list[str], count: int, env: dict[str, str]
+) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    assert proc.stdout is not None
+    bound: list[str] = []
+    deadline = time.monotonic() + 60
+    while len(bound) < count and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"{cmd[0]} exited: {proc.wait()}")
+        if line.startswith("Listening on '"):
+            bound.append(line.strip()[len("Listening on '") : -1])
+    return proc, bound
+
+
+def grpc_target(address: str) -> str:
+    return "unix:" + address[len("unix://") :] if address.startswith("unix://") else address[6:]
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e3
+
+
+def measure(
+    ours: Callable[[], object], bare: Callable[[], object], rounds: int
+) -> tuple[float, float]:
+    ours()
+    bare()  # warm up both paths
+    a: list[float] = []
+    b: list[float] = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        ours()
+        t1 = time.perf_counter()
+        bare()
+        t2 = time.perf_counter()
+        a.append(t1 - t0)
+        b.append(t2 - t1)
+    return median_ms(a), median_ms(b)
+
+
+def frame_sizes(channel: Any, fn: Callable[[], object]) -> tuple[int, int]:
+    """Request and reply gRPC message sizes of one of our calls (spying on the channel)."""
+    from transports import grpc_framing
+    from vaccel_core.transport import Message
+
+    real = channel.call
+    seen: list[int] = []
+
+    def spy(method: str, request: Message, timeout: float | None = None) -> Message:
+        reply = real(method, request, timeout)
+        seen.extend((len(grpc_framing.encode(request)), len(grpc_framing.encode(reply))))
+        return reply
+
+    channel.call = spy
+    try:
+        fn()
+    finally:
+        channel.call = real
+    return seen[0], seen[1]
+
+
+def bench_transport(
+    kind: str, ours_addr: str, echo_addr: str, args: argparse.Namespace
+) -> list[tuple[str, str, int, int, float, float, float]]:
+    """Time noop, 1 MiB and 64 MiB round trips, ours vs bare, on one transport."""
+    import grpc
+
+    from vaccel_core import Config, Session
+
+    session = Session(config=Config(plugins=["rpc"], rpc_address=ours_addr))
+    channel = session.backends[0]._channels[ours_addr]  # type: ignore[attr-defined]
+    bare_channel = grpc.insecure_channel(grpc_target(echo_addr), options=GRPC_OPTIONS)
+    call = bare_channel.unary_unary("/bench.Echo/Echo")
+    rows = []
+    cases: list[tuple[str, Callable[[], object], np.ndarray | None, int]] = [
+        ("noop", session.noop, None, args.rounds_noop)
+    ]
+    for label, nbytes, rounds in (
+        ("1 MiB", 1 << 20, args.rounds_1m),
+        ("64 MiB", 64 << 20, args.rounds_64m),
+    ):
+        tensor = np.arange(nbytes // 4, dtype=np.int32)
+        cases.append((label, partial(session.fpga_arraycopy, tensor), tensor, rounds))
+    try:
+        for label, ours, tensor, rounds in cases:
+            req_size, reply_size = frame_sizes(channel, ours)
+            if tensor is None:
+                bare = partial(bare_bytes, call, req_size, reply_size)
+            else:
+                bare = partial(bare_tensor, call, tensor)
+            ours_ms, bare_ms = measure(ours, bare, rounds)
+            rows.append((kind, label, req_size, rounds, ours_ms, bare_ms, ours_ms / bare_ms))
+    finally:
+        session.release()
+        bare_channel.close()
+    return rows
+
+
+def bare_bytes(call: Any, size: int, reply_size: int) -> object:
+    """A bare gRPC round trip with our noop's request and reply sizes."""
+    return call(bytes(size), metadata=(("reply-size", str(reply_size)),), timeout=60)
+
+
+def bare_tensor(call: Any, tensor: np.ndarray) -> np.ndarray:
+    """The least a bare gRPC client holding a numpy array does: its bytes out, an array back."""
+    return np.frombuffer(call(tensor.tobytes(), timeout=60), dtype=tensor.dtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--rounds-noop", type=int, default=300)
+    parser.add_argument("--rounds-1m", type=int, default=40)
+    parser.add_argument("--rounds-64m", type=int, default=8)
+    parser.add_argument("--echo-server", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.echo_server:
+        return echo_server(args.echo_server)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VACCEL_")}
+    env["PYTHONPATH"] = str(ROOT)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-remote-"))
+    agent, agent_addrs = start(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "-a",
+            f"unix://{tmp}/agent.sock",
+            "-a",
+            "tcp://127.0.0.1:0",
+            "--plugins",
+            "noop",
+        ],
+        2,
+        env,
+    )
+    echo, echo_addrs = start(
+        [sys.executable, __file__, "--echo-server", f"unix://{tmp}/echo.sock", "tcp://127.0.0.1:0"],
+        2,
+        env,
+    )
+    rows = []
+    try:
+        for kind, ours_addr, echo_addr in zip(
+            ("unix", "tcp"), agent_addrs, echo_addrs, strict=True
+        ):
+            rows += bench_transport(kind, ours_addr, echo_addr, args)
+    finally:
+        for proc in (agent, echo):
+            proc.terminate()
+            proc.wait(10)
+    header = ("transport", "case", "bytes", "n", "ours ms", "bare ms", "ratio")
+    print("{:<9} {:<7} {:>10} {:>4} {:>9} {:>9} {:>6}".format(*header))
+    for kind, label, size, n, ours_ms, bare_ms, ratio in rows:
+        print(
+            f"{kind:<9} {label:<7} {size:>10} {n:>4} {ours_ms:>9.3f} {bare_ms:>9.3f} {ratio:>6.2f}"
+        )
+    print("ratio = median(ours) / median(bare gRPC echo, same sizes, same transport); goal <= 1.20")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
