@@ -77,6 +77,11 @@ def grpc_options(options: TransportOptions) -> list[tuple[str, Any]]:
     ]
 
 
+def worker_count(options: TransportOptions) -> int:
+    """Server threads: one per attached client plus those serving calls."""
+    return max(2, int(options.extra.get("max_workers", 64)))
+
+
 def _status_code(name: str) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
 
@@ -99,9 +104,14 @@ class _Stopping(Exception):
 class _AgentService(grpc.GenericRpcHandler):
     """Routes every ``/vaccel.agent.v1.Agent/<Method>`` to ``handler.handle(method, ...)``."""
 
-    def __init__(self, handler: Handler, address: str) -> None:
+    def __init__(self, handler: Handler, address: str, options: TransportOptions) -> None:
         self._handler = handler
         self._address = address
+        self._limit = message_limit(options)
+        workers = worker_count(options)
+        # Each attached client holds one worker thread for its Attach stream; keep some
+        # workers for calls so that many idle clients cannot starve everyone.
+        self._max_clients = int(options.extra.get("max_clients", max(1, workers - 8)))
         self._prefix = f"/{SERVICE_NAME}/"
         self._lock = threading.Lock()
         self._inflight = 0
@@ -158,6 +168,14 @@ class _AgentService(grpc.GenericRpcHandler):
         try:
             peer = self._peer(context)
             reply = self._handler.handle(name, grpc_framing.decode(request), peer)
+            size = grpc_framing.frame_size(len(reply.payload), reply.buffers)
+            if size > self._limit:
+                raise CallError(
+                    "RESOURCE_EXHAUSTED",
+                    f"{name}: the reply of {size} bytes exceeds the agent's message size limit "
+                    f"of {self._limit} bytes (max_message_bytes)",
+                    code=errno.ENOMEM,
+                )
             return grpc_framing.encode(reply)
         except CallError as exc:
             failure = (exc.status, exc.code, exc.message)
@@ -199,6 +217,14 @@ class _AgentService(grpc.GenericRpcHandler):
             if self._stopping:
                 self._abort(
                     context, "UNAVAILABLE", errno.EREMOTEIO, "Attach: the agent is stopping"
+                )
+            if len(self._attach_events) >= self._max_clients:
+                self._abort(
+                    context,
+                    "RESOURCE_EXHAUSTED",
+                    errno.ENOMEM,
+                    f"Attach: the agent already serves {self._max_clients} clients "
+                    f"(raise TransportOptions.extra max_workers/max_clients)",
                 )
             self._attach_events.add(done)
             first = self._attached.get(peer.id, 0) == 0
@@ -302,12 +328,12 @@ def serve(
     from vaccel_core.proto import pb
 
     pb()  # the agent's descriptors must be in the pool for reflection
-    workers = int(options.extra.get("max_workers", 32))
+    workers = worker_count(options)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vaccel-agent"),
         options=grpc_options(options),
     )
-    service = _AgentService(handler, bind)
+    service = _AgentService(handler, bind, options)
     server.add_generic_rpc_handlers((service,))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

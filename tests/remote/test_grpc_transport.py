@@ -1,0 +1,129 @@
+"""The tcp/unix transports on their own (in-process listener, real sockets, real gRPC)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from transports.tcp import TcpTransport
+from transports.unix import UnixTransport
+from vaccel_core import RemoteError
+from vaccel_core.transport import Address, CallError, Message, Peer, TransportOptions
+
+from .conftest import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class EchoHandler:
+    """Echoes payload and buffers; records peers."""
+
+    def __init__(self, reply_size: int = 0) -> None:
+        self.connected: list[str] = []
+        self.disconnected: list[str] = []
+        self.reply_size = reply_size
+        self.lock = threading.Lock()
+
+    def handle(self, method: str, request: Message, peer: Peer) -> Message:
+        if method == "Big":
+            return Message(b"", [bytes(self.reply_size)])
+        if method == "Who":
+            return Message(peer.id.encode())
+        return Message(bytes(request.payload), [bytes(b) for b in request.buffers])
+
+    def peer_connected(self, peer: Peer) -> None:
+        with self.lock:
+            self.connected.append(peer.id)
+
+    def peer_disconnected(self, peer: Peer) -> None:
+        with self.lock:
+            self.disconnected.append(peer.id)
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def transport_and_address(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[object, str]:
+    if request.param == "unix":
+        return UnixTransport(), f"unix://{tmp_path / 't.sock'}"
+    return TcpTransport(), "tcp://127.0.0.1:0"
+
+
+def test_echo_peers_and_disconnect(transport_and_address: tuple) -> None:
+    transport, address = transport_and_address
+    handler = EchoHandler()
+    options = TransportOptions()
+    listener = transport.listen(Address.parse(address), handler, options)
+    try:
+        a = transport.connect(Address.parse(listener.address), options)
+        b = transport.connect(Address.parse(listener.address), options)
+        reply = a.call("Echo", Message(b"hi", [b"x" * 100_000, b"y"]), 5)
+        assert bytes(reply.payload) == b"hi"
+        assert [len(x) for x in reply.buffers] == [100_000, 1]
+        ids = {bytes(c.call("Who", Message(b""), 5).payload).decode() for c in (a, b)}
+        assert len(ids) == 2, "each connection is its own peer"
+        wait_until(lambda: sorted(handler.connected) == sorted(ids), 5, "both attached")
+        a.close()
+        wait_until(lambda: len(handler.disconnected) == 1, 5, "a detached")
+        assert b.call("Echo", Message(b"still"), 5).payload == b"still"
+        b.close()
+    finally:
+        listener.stop(1)
+    assert sorted(handler.disconnected) == sorted(ids)
+
+
+def test_reply_over_the_limit_is_resource_exhausted(tmp_path: Path) -> None:
+    options = TransportOptions(max_message_bytes=64 << 10)
+    handler = EchoHandler(reply_size=1 << 20)
+    listener = UnixTransport().listen(Address.parse(f"unix://{tmp_path / 's'}"), handler, options)
+    try:
+        channel = UnixTransport().connect(Address.parse(listener.address), options)
+        with pytest.raises(CallError) as err:
+            channel.call("Big", Message(b""), 5)
+        assert err.value.status == "RESOURCE_EXHAUSTED"
+        assert "reply of 1048581 bytes exceeds the agent's message size limit" in str(err.value)
+        assert channel.call("Echo", Message(b"ok"), 5).payload == b"ok"
+        channel.close()
+    finally:
+        listener.stop(1)
+
+
+def test_too_many_clients_are_refused_not_starved(tmp_path: Path) -> None:
+    options = TransportOptions(extra={"max_workers": 4, "max_clients": 1})
+    handler = EchoHandler()
+    listener = UnixTransport().listen(Address.parse(f"unix://{tmp_path / 's'}"), handler, options)
+    try:
+        first = UnixTransport().connect(Address.parse(listener.address), options)
+        wait_until(lambda: len(handler.connected) == 1, 5, "first attached")
+        second = UnixTransport().connect(Address.parse(listener.address), options)
+        wait_until(lambda: second.lost is not None, 5, "second refused")  # type: ignore[attr-defined]
+        with pytest.raises(RemoteError, match="already serves 1 clients"):
+            second.call("Echo", Message(b"x"), 5)
+        assert first.call("Echo", Message(b"x"), 5).payload == b"x"
+        first.close()
+        second.close()
+    finally:
+        listener.stop(1)
+
+
+def test_bad_addresses_are_clear(tmp_path: Path) -> None:
+    from vaccel_core.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="expected tcp://HOST:PORT"):
+        TcpTransport().listen(Address.parse("tcp://localhost"), EchoHandler(), TransportOptions())
+    with pytest.raises(RemoteError, match="does not exist"):
+        UnixTransport().listen(
+            Address.parse(f"unix://{tmp_path / 'no' / 'dir.sock'}"),
+            EchoHandler(),
+            TransportOptions(),
+        )
+    regular = tmp_path / "file"
+    regular.write_text("x")
+    with pytest.raises(RemoteError, match="exists and is not a socket"):
+        UnixTransport().listen(
+            Address.parse(f"unix://{regular}"), EchoHandler(), TransportOptions()
+        )
+    with pytest.raises(RemoteError, match="cannot reach the vAccel agent at unix://"):
+        UnixTransport().connect(
+            Address.parse(f"unix://{tmp_path / 'none.sock'}"), TransportOptions(connect_timeout=0.5)
+        )
