@@ -250,9 +250,15 @@ class VirtioMockChannel(Channel):
                     f"alloc({nbytes}): shared memory full: {exc}",
                     code=errno.ENOMEM,
                 ) from None
-        block: np.ndarray = self._mem_u8[off : off + max(1, nbytes)]
+        block = self._block_array(off, max(1, nbytes))
         weakref.finalize(block, self._free_block, off)
         return block[:nbytes]
+
+    def _block_array(self, off: int, nbytes: int) -> np.ndarray:
+        """An array over one block whose views all keep it alive: made straight from the
+        mapping, because numpy makes a view of a view refer to the first array that is not
+        itself a view of an array (a slice of ``_mem_u8`` would let the block go early)."""
+        return np.frombuffer(self.mem, dtype=np.uint8, count=nbytes, offset=off)
 
     def _free_block(self, off: int) -> None:
         with self._lock:
@@ -609,7 +615,7 @@ class VirtioMockChannel(Channel):
                 self._release(rec)
             return Message(payload, buffers)
         # Zero-copy: views into the reply block, freed when the last view goes.
-        area: np.ndarray = self._mem_u8[rec.reply : rec.reply + rec.reply_len]
+        area = self._block_array(rec.reply, rec.reply_len)
         weakref.finalize(area, self._free_block, rec.reply)
         with self._lock:
             self._release(rec, keep_reply=True)
@@ -671,6 +677,11 @@ class VirtioMockChannel(Channel):
         with self._lock:
             self._dead = self._dead or why
             self._cv.notify_all()
+
+    @property
+    def lost(self) -> str | None:
+        """Why the device is gone (it closed the control socket, broke the ring), or None."""
+        return self._dead
 
     def _check_usable(self) -> None:
         if self._closed:
