@@ -379,6 +379,19 @@ def test_configured_providers_accept_short_names_and_drop_missing_ones() -> None
         inference.choose_providers("warp", available, KNOWN)
 
 
+def test_tensorrt_gets_an_engine_cache_beside_the_models(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("VACCEL_CACHE_DIR", str(tmp_path / "models"))
+    args = inference.provider_arguments(KNOWN)
+    assert args[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert args[0] == (
+        "TensorrtExecutionProvider",
+        {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(tmp_path / "tensorrt")},
+    )
+    assert (tmp_path / "tensorrt").is_dir()
+
+
 def test_settings_come_from_env_or_vaccel_config() -> None:
     require_ort()
     env = {"VACCEL_ORT_PROVIDERS": "CPUExecutionProvider", "VACCEL_ORT_THREADS": "2"}

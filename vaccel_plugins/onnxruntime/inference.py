@@ -194,6 +194,33 @@ class LoadedModel:
         return {spec.name: value for spec, value in zip(self.outputs, results, strict=True)}
 
 
+def tensorrt_cache_dir() -> Path:
+    """Where TensorRT keeps the engines it builds (beside the models cache), so that a model
+    is compiled once per machine rather than once per process."""
+    from .models import cache_dir
+
+    return cache_dir().parent / "tensorrt"
+
+
+def provider_arguments(providers: Sequence[str]) -> list[str | tuple[str, dict[str, str]]]:
+    """Providers as InferenceSession takes them, with options where they matter: TensorRT
+    caches its engines on disk (when the folder can be created)."""
+    out: list[str | tuple[str, dict[str, str]]] = []
+    for name in providers:
+        if name == "TensorrtExecutionProvider":
+            folder = tensorrt_cache_dir()
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                logger.warning("onnxruntime: no TensorRT engine cache in %s: %s", folder, exc)
+            else:
+                options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(folder)}
+                out.append((name, options))
+                continue
+        out.append(name)
+    return out
+
+
 def create_session(key: str, model: Path | bytes, settings: RunSettings, label: str) -> LoadedModel:
     """Create an InferenceSession on ``settings.providers`` and log the providers that
     onnxruntime actually chose (it falls back to CPU silently when CUDA cannot start)."""
@@ -207,7 +234,9 @@ def create_session(key: str, model: Path | bytes, settings: RunSettings, label: 
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     try:
-        session = ort.InferenceSession(source, sess_options=options, providers=settings.providers)
+        session = ort.InferenceSession(
+            source, sess_options=options, providers=provider_arguments(settings.providers)
+        )
     except Exception as exc:
         raise InvalidArgumentError(
             f"onnxruntime cannot load {label} as an ONNX model: {type(exc).__name__}: {exc}"
