@@ -137,6 +137,7 @@ def test_console_script(model_cache: Path) -> None:
 def test_vaccel_models_list_build_verify(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    require_ort()
     require_weights()
     monkeypatch.setenv("VACCEL_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("COLUMNS", "200")
