@@ -44,6 +44,16 @@ def _descriptor_bytes(source: str) -> bytes:
     return value
 
 
+def test_generated_module_records_the_current_proto() -> None:
+    """Works without grpcio-tools: agent_pb2.py names the agent.proto it came from."""
+    from vaccel_core.proto.generate import proto_digest, recorded_digest
+
+    assert recorded_digest() == proto_digest(), (
+        "vaccel_core/proto/agent_pb2.py was generated from another agent.proto: "
+        "run python -m vaccel_core.proto.generate"
+    )
+
+
 def test_generated_code_is_not_stale(tmp_path: Path) -> None:
     pytest.importorskip(
         "grpc_tools", reason="grpcio-tools (a development tool) regenerates agent_pb2"

@@ -8,6 +8,7 @@ with another ``agent.proto`` in the same process.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +17,22 @@ PROTO_DIR = Path(__file__).resolve().parent
 ROOT = PROTO_DIR.parent.parent
 PROTO_NAME = "vaccel_core/proto/agent.proto"
 OUTPUTS = ("agent_pb2.py", "agent_pb2.pyi")
+
+
+#: First line of agent_pb2.py: the sha256 of the agent.proto it was generated from, so that a
+#: test can tell a stale module even where grpcio-tools is not installed.
+SOURCE_MARK = "# agent.proto sha256: "
+
+
+def proto_digest() -> str:
+    """sha256 of agent.proto as it is now."""
+    return hashlib.sha256((ROOT / PROTO_NAME).read_bytes()).hexdigest()
+
+
+def recorded_digest(module: Path = PROTO_DIR / "agent_pb2.py") -> str | None:
+    """The agent.proto digest recorded in a generated module (None if absent)."""
+    first = module.read_text().split("\n", 1)[0]
+    return first[len(SOURCE_MARK) :] if first.startswith(SOURCE_MARK) else None
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -41,6 +58,8 @@ def generate(out_dir: Path) -> list[Path]:
             text = (Path(tmp) / "vaccel_core" / "proto" / name).read_text()
             if name.endswith(".pyi"):
                 text = "# ruff: noqa\n" + text  # generated stubs: not ours to lint
+            else:
+                text = f"{SOURCE_MARK}{proto_digest()}\n" + text
             target.write_text(text)
             written.append(target)
     return written
