@@ -403,6 +403,18 @@ def test_settings_come_from_env_or_vaccel_config() -> None:
         inference.read_settings({}, {"VACCEL_ORT_THREADS": "many"})
 
 
+def test_settings_of_the_sessions_configuration_are_used(
+    registry: PluginRegistry, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install 'pyvaccel[onnx]')")
+    config = Config(plugins=["onnxruntime"], extra={"ort_providers": "warp,cpu"})
+    with Session(config=config, registry=registry) as s:
+        res = model_resource(tmp_path, tiny_matmul_model(), "tiny.onnx")
+        res.register(s)
+        with pytest.raises(InvalidArgumentError, match=r"unknown execution provider 'warp'"):
+            s.model_load(res)
+
+
 def test_details_report_the_providers_read_from_the_inference_session(
     backend: OnnxRuntimeBackend, default_ready: None
 ) -> None:

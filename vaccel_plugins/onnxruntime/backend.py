@@ -38,7 +38,7 @@ from vaccel_core import (
     ResourceType,
     Session,
 )
-from vaccel_core.config import get_config
+from vaccel_core.config import Config, get_config
 from vaccel_core.log import logger
 
 from . import inference
@@ -145,8 +145,10 @@ class OnnxRuntimeBackend(Backend):
             )
         return self._probe
 
-    def _run_settings(self) -> RunSettings:
-        extra = get_config().extra
+    def _run_settings(self, config: Config | None = None) -> RunSettings:
+        """Settings from the environment or the configuration's ``ort_*`` keys (the session's
+        configuration when there is one: the agent's ``--vaccel-config``)."""
+        extra = (config or get_config()).extra
         key = tuple(
             os.environ.get(env) or extra.get(cfg) or ""
             for env, cfg in (
@@ -201,13 +203,13 @@ class OnnxRuntimeBackend(Backend):
             model = self._models.get(key)
             if model is None:
                 path = resource.local_paths()[index]
-                model = self._build(key, path, _label(resource))
+                model = self._build(key, path, _label(resource), session.config)
                 self._models[key] = model
             self._users.setdefault(key, set()).add((session.id, resource.id))
             self._keys[(session.id, resource.id)] = key
             return model
 
-    def default_model(self) -> LoadedModel:
+    def default_model(self, config: Config | None = None) -> LoadedModel:
         """The default classifier (EfficientNet-Lite0), built into the cache on first use."""
         with self._lock:
             if self._default is None:
@@ -224,13 +226,13 @@ class OnnxRuntimeBackend(Backend):
                         f"classify: the default model failed to build: {exc}"
                     ) from exc
                 self._default = self._build(
-                    f"default:{models.DEFAULT_MODEL}", path, f"default model {path.name}"
+                    f"default:{models.DEFAULT_MODEL}", path, f"default model {path.name}", config
                 )
             return self._default
 
-    def _build(self, key: str, path: Path, label: str) -> LoadedModel:
+    def _build(self, key: str, path: Path, label: str, config: Config | None) -> LoadedModel:
         start = time.perf_counter()
-        model = inference.create_session(key, path, self._run_settings(), label)
+        model = inference.create_session(key, path, self._run_settings(config), label)
         self.builds += 1
         logger.info("onnxruntime: loaded %s in %.3fs", label, time.perf_counter() - start)
         return model
@@ -266,7 +268,7 @@ class OnnxRuntimeBackend(Backend):
         be an image classifier with 1000 outputs."""
         mine = [r for r in session.resources if r.type == ResourceType.MODEL]
         if not mine:
-            return self.default_model(), "the default model"
+            return self.default_model(session.config), "the default model"
         resource = mine[-1]
         label = _label(resource)
         model = self.loaded_model(session, resource)
