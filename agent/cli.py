@@ -25,6 +25,18 @@ from vaccel_core.transport import DEFAULT_MAX_MESSAGE_BYTES, TransportOptions
 STOP_GRACE = 3.0
 
 
+def _octal(value: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an octal mode such as 600, got {value!r}"
+        ) from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"expected a mode between 000 and 777, got {value!r}")
+    return mode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vaccel-agent",
@@ -67,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--socket-mode",
-        type=lambda v: int(v, 8),
+        type=_octal,
         default=0o600,
         metavar="OCTAL",
         help="permissions of unix sockets (default 600: owner only)",
@@ -108,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    agent = Agent(addresses, config=config, options=options, session_ttl=args.session_ttl)
     try:
+        agent = Agent(addresses, config=config, options=options, session_ttl=args.session_ttl)
         agent.start()
     except VaccelError as exc:
         print(f"vaccel-agent: error: {exc}", file=sys.stderr)

@@ -49,6 +49,7 @@ class Agent:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._started = False
+        self._stopping = False
         self._reaper: threading.Thread | None = None
 
     # Lifecycle -----------------------------------------------------------------------------
@@ -72,15 +73,14 @@ class Agent:
         except BaseException:
             self._shutdown(0.0)
             raise
-        if self.service.session_ttl is not None:
-            self._reaper = threading.Thread(
-                target=self._reap_loop, name="vaccel-agent-reaper", daemon=True
-            )
-            self._reaper.start()
+        self._reaper = threading.Thread(
+            target=self._reap_loop, name="vaccel-agent-reaper", daemon=True
+        )
+        self._reaper.start()
 
     def _reap_loop(self) -> None:
-        assert self.service is not None and self.service.session_ttl is not None
-        period = min(max(self.service.session_ttl / 4, 0.05), 5.0)
+        assert self.service is not None
+        period = self.service.reap_period
         while not self._stopped.wait(period):
             try:
                 self.service.reap()
@@ -96,8 +96,9 @@ class Agent:
         """Report NOT_SERVING, let in-flight calls finish (within ``grace`` seconds), release
         every session and remove socket files. Idempotent."""
         with self._lock:
-            if self._stopped.is_set():
+            if self._stopping:
                 return
+            self._stopping = True
         self._shutdown(grace)
 
     def _shutdown(self, grace: float) -> None:

@@ -90,6 +90,10 @@ class _AgentSession:
 
 Reply = tuple[Any, Sequence[Buffer]]
 
+#: Sessions of a client that never attached (a plain gRPC client such as grpcurl) cannot be
+#: released when it goes away; they are released after this many idle seconds instead.
+UNATTACHED_TTL = 300.0
+
 
 class AgentService:
     """Implements :class:`vaccel_core.transport.Handler` for the agent protocol."""
@@ -102,6 +106,7 @@ class AgentService:
         session_ttl: float | None = None,
         blob_root: Path | None = None,
         inline_limit: int = codec.INLINE_LIMIT,
+        unattached_ttl: float = UNATTACHED_TTL,
     ) -> None:
         from vaccel_core.proto import pb
 
@@ -109,6 +114,7 @@ class AgentService:
         self.config = config
         self.registry = registry
         self.session_ttl = session_ttl if session_ttl and session_ttl > 0 else None
+        self.unattached_ttl = unattached_ttl
         self.inline_limit = inline_limit
         self.blobs = BlobStore(blob_root)
         self._lock = threading.RLock()
@@ -230,18 +236,28 @@ class AgentService:
         self.blobs.release(res.digests)
 
     def reap(self, now: float | None = None) -> int:
-        """Release sessions idle for longer than the TTL; returns how many."""
-        if self.session_ttl is None:
-            return 0
+        """Release sessions idle for longer than the TTL, and those of clients that never
+        attached idle for longer than ``unattached_ttl``; returns how many."""
         now = time.monotonic() if now is None else now
+        idle: list[tuple[_AgentSession, float]] = []
         with self._lock:
-            idle = [s for s in self._sessions.values() if now - s.last_used > self.session_ttl]
-        for record in idle:
-            self._release(record, f"idle for more than {self.session_ttl:g} s")
-        self.blobs.drop_unused(idle=max(self.session_ttl, 60.0))
+            for record in self._sessions.values():
+                limit = self.session_ttl
+                if record.owner not in self._peers:
+                    limit = min(limit or self.unattached_ttl, self.unattached_ttl)
+                if limit is not None and now - record.last_used > limit:
+                    idle.append((record, limit))
+        for record, limit in idle:
+            self._release(record, f"idle for more than {limit:g} s")
+        self.blobs.drop_unused(idle=max(self.session_ttl or 0.0, self.unattached_ttl, 60.0))
         if idle:
             self._log_counts()
         return len(idle)
+
+    @property
+    def reap_period(self) -> float:
+        """How often :meth:`reap` should run."""
+        return min(max(min(self.session_ttl or 5.0, self.unattached_ttl) / 4, 0.05), 5.0)
 
     def close(self) -> None:
         """Release every session and delete every blob (the agent is stopping)."""

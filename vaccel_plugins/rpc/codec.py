@@ -10,6 +10,7 @@ their index; the receiver builds numpy arrays over the received buffer with ``np
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -79,8 +80,14 @@ class Encoder:
         if value is None:
             return
         kind, name = param.kind, param.name
-        if kind in (Kind.STR, Kind.INT, Kind.FLOAT):
+        if kind is Kind.STR:
+            if not isinstance(value, str):
+                raise TypeError(f"'{name}': expected a string, got {type(value).__name__}")
             setattr(msg, name, value)
+        elif kind is Kind.INT:
+            setattr(msg, name, operator.index(value))
+        elif kind is Kind.FLOAT:
+            setattr(msg, name, float(value))
         elif kind is Kind.BYTES:
             self.data(getattr(msg, name), value)
         elif kind is Kind.TENSOR:

@@ -1,0 +1,102 @@
+"""The agent service on its own (no transport): blobs, reaping, UpdateSession."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from vaccel_core import Config
+from vaccel_core.plugins import get_registry
+from vaccel_core.transport import CallError, Message, Peer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def service() -> Iterator[Any]:
+    from agent.service import AgentService
+
+    svc = AgentService(Config(plugins=["noop"]), get_registry(), session_ttl=None)
+    yield svc
+    svc.close()
+
+
+def call(svc: Any, method: str, msg: Any, reply_type: Any, peer: Peer, buffers: Any = ()) -> Any:
+    reply = svc.handle(method, Message(msg.SerializeToString(), tuple(buffers)), peer)
+    return reply_type.FromString(bytes(reply.payload))
+
+
+def test_sessions_of_clients_that_never_attached_are_reaped(service: Any) -> None:
+    pb = service.pb
+    attached, anonymous = Peer("attached"), Peer("anonymous:ipv4:1.2.3.4:5")
+    service.peer_connected(attached)
+    for peer in (attached, anonymous):
+        call(service, "CreateSession", pb.CreateSessionRequest(), pb.CreateSessionResponse, peer)
+    assert service.counts()["sessions"] == 2
+    assert service.reap(time.monotonic() + 60) == 0
+    assert service.reap(time.monotonic() + service.unattached_ttl + 1) == 1
+    assert service.counts()["sessions"] == 1, "the attached client's session stays"
+    assert service.reap_period <= 5.0
+
+
+def test_blob_chunks_must_arrive_in_order_and_match_their_digest(service: Any) -> None:
+    pb = service.pb
+    peer = Peer("p")
+    data = bytes(range(256)) * 1000
+    digest = hashlib.sha256(data).hexdigest()
+
+    def put(offset: int, chunk: bytes) -> Any:
+        req = pb.PutBlobRequest(sha256=digest, size=len(data), offset=offset)
+        req.data.inline = chunk
+        return call(service, "PutBlob", req, pb.PutBlobResponse, peer)
+
+    assert put(0, data[:100_000]).received == 100_000
+    with pytest.raises(CallError, match="expected the chunk at offset 100000, got offset 5"):
+        put(5, data[100_000:])
+    reply = put(100_000, data[100_000:])
+    assert reply.complete and reply.received == len(data)
+    assert service.blobs.has(digest)
+    assert service.blobs.path(digest).read_bytes() == data
+    assert oct(service.blobs.root.stat().st_mode & 0o777) == "0o700"
+    service.peer_disconnected(peer)
+    assert not service.blobs.has(digest), "an unused blob of a departed client is dropped"
+
+
+def test_update_session_keeps_resources(service: Any) -> None:
+    pb = service.pb
+    peer = Peer("p")
+    sid = call(
+        service, "CreateSession", pb.CreateSessionRequest(), pb.CreateSessionResponse, peer
+    ).session_id
+    data = b"model"
+    digest = hashlib.sha256(data).hexdigest()
+    put = pb.PutBlobRequest(sha256=digest, size=len(data), offset=0)
+    put.data.inline = data
+    call(service, "PutBlob", put, pb.PutBlobResponse, peer)
+    reg = pb.RegisterResourceRequest(session_id=sid, type=2)
+    reg.files.add(name="m.onnx", sha256=digest, size=len(data))
+    rid = call(service, "RegisterResource", reg, pb.RegisterResourceResponse, peer).resource_id
+    reply = call(
+        service,
+        "UpdateSession",
+        pb.UpdateSessionRequest(session_id=sid, flags=0x100),
+        pb.UpdateSessionResponse,
+        peer,
+    )
+    assert list(reply.backends) == ["noop"]
+    run = pb.OpRequest(session_id=sid, op="model_load")
+    run.model_load.resource = rid
+    call(service, "Run", run, pb.OpResponse, peer)
+    assert service.counts()["resources"] == 1
+    call(
+        service,
+        "UnregisterResource",
+        pb.UnregisterResourceRequest(session_id=sid, resource_id=rid),
+        pb.UnregisterResourceResponse,
+        peer,
+    )
+    assert service.counts()["blobs"] == 0, "blob freed with its last resource"
