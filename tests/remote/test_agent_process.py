@@ -301,3 +301,25 @@ def test_grpcurl_lists_the_service(agent: AgentProcess) -> None:  # pragma: no c
         cmd += [target[len("tcp://") :], "list"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
     assert "vaccel.agent.v1.Agent" in out
+
+
+def test_issue_done_criterion_vaccel_noop_against_the_agent(tmp_path: Path) -> None:
+    """vaccel-agent -a unix://S; VACCEL_PLUGINS=rpc VACCEL_RPC_ADDRESS=unix://S vaccel noop."""
+    import subprocess
+
+    sock = tmp_path / "v.sock"
+    handle = start_agent([f"unix://{sock}"], command=console_script())
+    try:
+        script = Path(sys.executable).parent / "vaccel"
+        cmd = [str(script)] if script.exists() else [sys.executable, "-m", "vaccel_core.cli"]
+        run = subprocess.run(
+            [*cmd, "noop"],
+            env=clean_env({"VACCEL_PLUGINS": "rpc", "VACCEL_RPC_ADDRESS": f"unix://{sock}"}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+        assert "noop: ok (backend rpc)" in run.stdout
+    finally:
+        handle.stop()
