@@ -20,6 +20,9 @@ from vaccel_core import hookimpl
 from vaccel_core.errors import InvalidArgumentError, RemoteError
 from vaccel_core.transport import Address, Channel, Handler, Listener, Transport, TransportOptions
 
+#: Longest unix socket path the kernel takes (sun_path is 108 bytes with the final NUL).
+MAX_PATH_BYTES = 107
+
 
 def socket_path(address: Address) -> Path:
     """``unix:///tmp/v.sock`` -> /tmp/v.sock (relative paths are made absolute)."""
@@ -29,7 +32,14 @@ def socket_path(address: Address) -> Path:
             f"address: expected unix:///PATH/TO/SOCKET (e.g. unix:///run/vaccel.sock), "
             f"got '{address}'"
         )
-    return Path(target).absolute()
+    path = Path(target).absolute()
+    size = len(os.fsencode(path))
+    if size > MAX_PATH_BYTES:
+        raise InvalidArgumentError(
+            f"address: unix socket path '{path}' is {size} bytes long; the limit is "
+            f"{MAX_PATH_BYTES}"
+        )
+    return path
 
 
 def _check_stale(path: Path) -> None:
@@ -83,7 +93,9 @@ class UnixTransport(Transport):
                 f"cannot listen on unix://{path}: folder {path.parent} does not exist"
             )
         _check_stale(path)
-        private = Path(tempfile.mkdtemp(prefix=".vaccel-", dir=path.parent))
+        # Bound here first (same folder, so the rename stays atomic; a short name, so the
+        # staging path fits wherever the final one does, give or take two bytes).
+        private = Path(tempfile.mkdtemp(prefix=".v", dir=path.parent))
         staging = private / "s"
 
         def remove_socket() -> None:

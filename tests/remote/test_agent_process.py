@@ -185,7 +185,7 @@ def test_unix_socket_is_owner_only_and_mode_is_configurable(tmp_path: Path) -> N
     handle = start_agent([f"unix://{tmp_path / 'b.sock'}"], args=["--socket-mode", "660"])
     try:
         assert stat.S_IMODE(os.stat(tmp_path / "b.sock").st_mode) == 0o660
-        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".vaccel-")] == []
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".v")] == []
     finally:
         handle.stop()
 

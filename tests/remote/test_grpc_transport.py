@@ -117,6 +117,8 @@ def test_bad_addresses_are_clear(tmp_path: Path) -> None:
             EchoHandler(),
             TransportOptions(),
         )
+    with pytest.raises(InvalidArgumentError, match="bytes long; the limit is 107"):
+        UnixTransport().connect(Address.parse("unix:///" + "x" * 120), TransportOptions())
     regular = tmp_path / "file"
     regular.write_text("x")
     with pytest.raises(RemoteError, match="exists and is not a socket"):
