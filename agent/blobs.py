@@ -52,9 +52,10 @@ class BlobStore:
     """Blobs by sha256 under a private folder (mode 0700), reference counted."""
 
     def __init__(self, root: Path | None = None, *, max_blob_bytes: int | None = None) -> None:
-        self._own_root = root is None
-        self.root = Path(tempfile.mkdtemp(prefix="vaccel-agent-blobs-")) if root is None else root
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if root is not None:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # A private folder (mode 0700) of our own, inside ``root`` if given: removed on close.
+        self.root = Path(tempfile.mkdtemp(prefix="vaccel-agent-blobs-", dir=root))
         self.max_blob_bytes = max_blob_bytes
         self._lock = threading.Lock()
         self._blobs: dict[str, _Blob] = {}
@@ -186,9 +187,8 @@ class BlobStore:
         return len(blobs) + len(uploads)
 
     def close(self) -> None:
-        """Delete every blob (and the folder, when the store created it)."""
+        """Delete every blob and the store's folder."""
         with self._lock:
             self._blobs.clear()
             self._uploads.clear()
-        if self._own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", type=int, choices=(1, 2, 3, 4), help="1 error, 2 warn, 3 info, 4 debug"
     )
     parser.add_argument(
+        "--blob-dir",
+        metavar="DIR",
+        help="where resource files (blobs) are kept; default: a private temporary folder, "
+        "removed on exit (also --vaccel-config blob_dir=DIR)",
+    )
+    parser.add_argument(
         "--max-message-size",
         type=int,
         default=DEFAULT_MAX_MESSAGE_BYTES,
@@ -96,6 +102,8 @@ def make_config(args: argparse.Namespace) -> Config:
         config.plugins = parse_plugin_list(args.plugins) or None
     if args.log_level:
         config.log_level = args.log_level
+    if args.blob_dir:
+        config.extra["blob_dir"] = args.blob_dir
     return config
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from vaccel_core.config import Config, get_config
@@ -63,7 +64,13 @@ class Agent:
         ensure_logging(self.config)
         registry = get_registry()
         candidate_infos(registry, self.config)  # fail now if the backends are unusable
-        self.service = AgentService(self.config, registry, session_ttl=self.session_ttl)
+        blob_dir = self.config.extra.get("blob_dir")
+        self.service = AgentService(
+            self.config,
+            registry,
+            session_ttl=self.session_ttl,
+            blob_root=Path(blob_dir) if blob_dir else None,
+        )
         try:
             for address in self.addresses:
                 transport = registry.transport(address.scheme)

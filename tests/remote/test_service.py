@@ -100,3 +100,19 @@ def test_update_session_keeps_resources(service: Any) -> None:
         peer,
     )
     assert service.counts()["blobs"] == 0, "blob freed with its last resource"
+
+
+def test_blob_dir_setting_keeps_blobs_in_a_private_subfolder(tmp_path: Any) -> None:
+    from agent.cli import build_parser, make_config
+    from agent.server import Agent
+
+    config = make_config(
+        build_parser().parse_args(["--blob-dir", str(tmp_path), "--plugins", "noop"])
+    )
+    agent = Agent([f"unix://{tmp_path / 'a.sock'}"], config=config)
+    with agent:
+        assert agent.service is not None
+        root = agent.service.blobs.root
+        assert root.parent == tmp_path and oct(root.stat().st_mode & 0o777) == "0o700"
+    assert not root.exists(), "removed when the agent stops"
+    assert not (tmp_path / "a.sock").exists()
