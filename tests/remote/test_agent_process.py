@@ -323,3 +323,36 @@ def test_issue_done_criterion_vaccel_noop_against_the_agent(tmp_path: Path) -> N
         assert "noop: ok (backend rpc)" in run.stdout
     finally:
         handle.stop()
+
+
+def test_stop_within_5s_while_a_backend_call_is_stuck(tmp_path: Path) -> None:
+    """A call still running in a backend neither delays the exit nor hangs its client."""
+    from tests.remote.slow_backend import LAUNCHER
+
+    handle = start_agent(
+        [f"unix://{tmp_path / 'v.sock'}"],
+        command=[sys.executable, "-c", LAUNCHER],
+        env={"VACCEL_PLUGINS": "slow", "VACCEL_TEST_SLOW_SECONDS": "30"},
+    )
+    errors: list[BaseException] = []
+    try:
+        session = remote_session(handle.address)
+
+        def call() -> None:
+            try:
+                session.noop()
+            except BaseException as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=call, daemon=True)
+        worker.start()
+        time.sleep(0.5)
+        start = time.monotonic()
+        assert handle.stop(timeout=10) == 0
+        elapsed = time.monotonic() - start
+        worker.join(10)
+        assert not worker.is_alive(), "the client got an answer"
+    finally:
+        handle.kill()
+    assert elapsed < 5.0, f"stopped in {elapsed:.1f} s"
+    assert len(errors) == 1 and handle.address in str(errors[0]), errors
