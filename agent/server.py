@@ -126,9 +126,14 @@ class Agent:
         self._stopped.set()
         logger.info("agent stopped")
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the agent is stopped (True), or ``timeout`` passes (False)."""
-        return self._stopped.wait(timeout)
+    def wait(self) -> None:
+        """Block until the agent is stopped (by :meth:`stop`, from another thread)."""
+        self._stopped.wait()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the agent has stopped."""
+        return self._stopped.is_set()
 
     def __enter__(self) -> Agent:
         self.start()

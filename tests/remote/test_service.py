@@ -116,3 +116,29 @@ def test_blob_dir_setting_keeps_blobs_in_a_private_subfolder(tmp_path: Any) -> N
         assert root.parent == tmp_path and oct(root.stat().st_mode & 0o777) == "0o700"
     assert not root.exists(), "removed when the agent stops"
     assert not (tmp_path / "a.sock").exists()
+
+
+def test_embedded_agent_api_shape(tmp_path: Any) -> None:
+    """The API Kata's integrated mode embeds: Agent(addresses, *, config, options, session_ttl)."""
+    import inspect
+    import threading
+
+    from agent.server import Agent
+    from vaccel_core.transport import TransportOptions
+
+    params = inspect.signature(Agent.__init__).parameters
+    assert list(params) == ["self", "addresses", "config", "options", "session_ttl"]
+    assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY for p in list(params)[2:])
+    agent = Agent(
+        [f"unix://{tmp_path / 'a.sock'}", "tcp://127.0.0.1:0"],
+        config=Config(plugins=["noop"]),
+        options=TransportOptions(max_message_bytes=1 << 20),
+        session_ttl=30,
+    )
+    agent.start()
+    assert agent.bound_addresses[0] == f"unix://{tmp_path / 'a.sock'}"
+    assert agent.bound_addresses[1].startswith("tcp://127.0.0.1:")
+    stopper = threading.Timer(0.2, agent.stop, kwargs={"grace": 1.0})
+    stopper.start()
+    agent.wait()
+    assert agent.stopped and not (tmp_path / "a.sock").exists()
