@@ -126,9 +126,10 @@ class Agent:
         self._stopped.set()
         logger.info("agent stopped")
 
-    def wait(self) -> None:
-        """Block until the agent is stopped (by :meth:`stop`, from another thread)."""
-        self._stopped.wait()
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the agent is stopped (by :meth:`stop`, from another thread); with a
+        ``timeout``, give up after that many seconds. Returns whether it is stopped."""
+        return self._stopped.wait(timeout)
 
     @property
     def stopped(self) -> bool:

@@ -138,7 +138,8 @@ def test_embedded_agent_api_shape(tmp_path: Any) -> None:
     agent.start()
     assert agent.bound_addresses[0] == f"unix://{tmp_path / 'a.sock'}"
     assert agent.bound_addresses[1].startswith("tcp://127.0.0.1:")
+    assert agent.wait(0) is False and not agent.stopped
     stopper = threading.Timer(0.2, agent.stop, kwargs={"grace": 1.0})
     stopper.start()
-    agent.wait()
+    assert agent.wait() is True
     assert agent.stopped and not (tmp_path / "a.sock").exists()
