@@ -14,7 +14,6 @@ Importing this module imports grpc: the tcp/unix plugin modules import it only w
 from __future__ import annotations
 
 import errno
-import logging
 import secrets
 import threading
 import time
@@ -470,7 +469,3 @@ class GrpcChannel(Channel):
         finally:
             self._channel.close()
 
-
-def quiet_grpc_logs() -> None:
-    """grpc logs a full traceback for every aborted call; keep those at debug level."""
-    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
