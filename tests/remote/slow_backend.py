@@ -1,4 +1,5 @@
-"""A test backend whose noop takes ``VACCEL_TEST_SLOW_SECONDS`` (for stop-while-busy tests).
+"""A test backend whose noop takes ``VACCEL_TEST_SLOW_SECONDS`` (for stop-while-busy tests) and
+whose classify fails (for errors that cross the wire); it implements nothing else.
 
 Registered into the agent process by :data:`LAUNCHER` (not an installed plugin)."""
 
@@ -18,6 +19,9 @@ class SlowBackend(Backend):
 
     def noop(self, session: Session) -> None:
         time.sleep(float(os.environ.get("VACCEL_TEST_SLOW_SECONDS", "20")))
+
+    def classify(self, session: Session, image: bytes) -> tuple[str, str]:
+        raise RuntimeError(f"cannot classify {len(image)} bytes here")
 
 
 @hookimpl

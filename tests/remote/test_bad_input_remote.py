@@ -156,3 +156,36 @@ def test_oversize_request_gets_resource_exhausted(tmp_path: Path) -> None:
             session.noop()
     finally:
         handle.stop()
+
+
+def test_agent_errors_come_back_as_the_same_exception_class(tmp_path: Path) -> None:
+    import sys
+
+    from tests.remote.slow_backend import LAUNCHER
+    from vaccel_core import BackendError, NotFoundError, NotSupportedError, Resource, ResourceType
+
+    handle = start_agent(
+        [f"unix://{tmp_path / 'v.sock'}"],
+        command=[sys.executable, "-c", LAUNCHER],
+        env={"VACCEL_PLUGINS": "slow", "VACCEL_TEST_SLOW_SECONDS": "0"},
+    )
+    try:
+        with remote_session(handle.address) as session:
+            with pytest.raises(BackendError) as failed:
+                session.classify(b"four")
+            assert str(failed.value) == (
+                "classify: backend 'slow' failed: RuntimeError: cannot classify 4 bytes here"
+            )
+            assert failed.value.code == 71  # EPROTO, as upstream
+            with pytest.raises(NotSupportedError, match="no selected backend implements"):
+                session.sgemm(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32))
+            res = Resource.from_buffer(b"m", ResourceType.MODEL, name="m.onnx")
+            res.register(session)
+            backend = session.backends[0]
+            remote = backend._remotes[session.id]  # type: ignore[attr-defined]
+            remote.resources[res.id] = 999_999  # a resource id the agent never gave out
+            with pytest.raises(NotFoundError, match="resource 999999 is not registered"):
+                session.model_load(res)
+            session.noop()
+    finally:
+        handle.stop()
