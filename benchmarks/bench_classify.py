@@ -21,7 +21,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def stop_agent(proc: subprocess.Popen) -> None:
 
 
 def measure(
-    calls: dict[str, Callable[[], object]], iterations: int, block: int = 10
+    calls: Mapping[str, Callable[[], object]], iterations: int, block: int = 10
 ) -> dict[str, list[float]]:
     """Run the modes in blocks of ``block`` calls, rotating their order every round, so that
     drift of a shared machine hits every mode alike while one mode's idle onnxruntime threads
@@ -155,12 +156,10 @@ def main(argv: list[str] | None = None) -> int:
                 for s in sessions.values():
                     for _ in range(args.warmup):
                         s.classify(image)
-                calls = {n: (lambda s=s: s.classify(image)) for n, s in sessions.items()}
+                calls = {n: partial(s.classify, image) for n, s in sessions.items()}
                 times = measure(calls, args.iterations, args.block)
                 tiny = np.ones((1, 1), dtype=np.float32)
-                floor = measure(
-                    {n: (lambda s=s: s.sgemm(tiny, tiny)) for n, s in sessions.items()}, 200
-                )
+                floor = measure({n: partial(s.sgemm, tiny, tiny) for n, s in sessions.items()}, 200)
                 split = decompose(unix, tcp, image, args.profiled)
             finally:
                 for s in sessions.values():
@@ -184,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     floors = ", ".join(f"{n} {statistics.median(t) * 1e3:.3f} ms" for n, t in floor.items())
     print(f"per-call floor (sgemm 1x1, 200 calls, medians): {floors}")
-    for name, (agent, rest) in split.items():
+    for name, (there, rest) in split.items():
         print(
-            f"{name}, {args.profiled} profiled calls paired: agent-side classify {agent:.2f} ms, "
+            f"{name}, {args.profiled} profiled calls paired: agent-side classify {there:.2f} ms, "
             f"rpc + transport {rest:.2f} ms = {rest / (local * 1e3) * 100:.1f}% of local"
         )
     overhead = (medians["unix"] / local - 1) * 100
