@@ -7,7 +7,7 @@ Calls run in short blocks per mode (local, unix, tcp, rotating order) so that dr
 machine hits every mode alike. Prints medians, remote/local ratios and the overhead in percent.
 Upstream vAccel claims under 5% remote overhead; our goal is under 3% over unix.
 
-    python benchmarks/bench_classify.py [--iterations 60] [--photo examples/photos/dog.jpg]
+    python benchmarks/bench_classify.py [--iterations 150] [--photo examples/photos/dog.jpg]
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def decompose(unix: str, tcp: str, image: bytes, calls: int) -> dict[str, tuple[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO)
-    parser.add_argument("--iterations", type=int, default=60, help="calls per mode (default 60)")
+    parser.add_argument("--iterations", type=int, default=150, help="calls per mode")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls per mode first")
     parser.add_argument("--block", type=int, default=10, help="calls per mode in a row")
     parser.add_argument(
