@@ -61,13 +61,17 @@ from .layout import (
     check_queue_size,
 )
 from .protocol import (
+    KIND_CALL,
     KIND_FETCH,
+    MAX_METHOD_BYTES,
     MAX_REPLY_BUFFERS,
     PROTOCOL_VERSION,
     REP_HEADER,
     REP_MAGIC,
     REPLY_HEADER_BYTES,
     REPLY_OK,
+    REQ_HEADER,
+    REQ_MAGIC,
     ProtocolError,
     data_layout,
     pack_reply_error,
@@ -435,7 +439,8 @@ class Device:
         for _ in range(pending):
             head = ring.avail_entry(self._last_avail)  # ... then the entries
             self._last_avail = (self._last_avail + 1) & 0xFFFF
-            self._serve_chain(head)
+            if not self._serve_fast(head):
+                self._serve_chain(head)
         return True
 
     def _complete(self, head: int, length: int) -> None:
@@ -497,6 +502,71 @@ class Device:
             f"shared data area [{lo:#x}, {hi:#x})"
         )
 
+    def _serve_fast(self, head: int) -> bool:
+        """Serve the common chain (one readable request descriptor without buffers, one
+        writable reply descriptor) with the checks inlined; False: not that shape (or not
+        valid), left to :meth:`_serve_chain`, which names what is wrong."""
+        s = self.s
+        mem, num = self.ring.mem, s.num
+        if head >= num:
+            return False
+        base = self.ring.layout.desc
+        addr, length, flags, nxt = DESC.unpack_from(mem, base + 16 * head)
+        if flags != VRING_DESC_F_NEXT or nxt >= num or nxt == head:
+            return False
+        reply_addr, reply_len, reply_flags, _ = DESC.unpack_from(mem, base + 16 * nxt)
+        lo, hi = s.data_start, s.size
+        if (
+            reply_flags != VRING_DESC_F_WRITE
+            or reply_len < REPLY_HEADER_BYTES
+            or length < REQ_HEADER.size
+            or addr < lo
+            or addr + length > hi
+            or reply_addr < lo
+            or reply_addr + reply_len > hi
+            or max(length, reply_len) > self.options.max_message_bytes
+        ):
+            return False
+        magic, version, kind, method_len, nbuf, _token, payload_len = REQ_HEADER.unpack_from(
+            mem, addr
+        )
+        start = addr + REQ_HEADER.size + method_len
+        if (
+            magic != REQ_MAGIC
+            or version != PROTOCOL_VERSION
+            or kind != KIND_CALL
+            or nbuf
+            or method_len > MAX_METHOD_BYTES
+            or start + payload_len > addr + length
+        ):
+            return False
+        try:
+            method = mem[addr + REQ_HEADER.size : start].decode()
+        except UnicodeDecodeError:
+            return False
+        self._method = method
+        payload = self.view[start : start + payload_len].toreadonly()
+        reply = self._call_handler(method, Message(payload, ()))
+        writable = (reply_addr, reply_len)
+        try:
+            written = self._write_reply(writable, reply)
+        except Exception as exc:  # a reply the handler built badly
+            logger.exception("virtio-mock %s: cannot write the reply", self.where)
+            written = self._write_error(
+                writable, ("INTERNAL", f"cannot send the reply: {exc}", errno.EIO)
+            )
+        finally:
+            try:
+                payload.release()
+            except BufferError:
+                self._release([payload])  # logs that the handler kept a view
+        ring = self.ring
+        ring.set_used_entry(self._used_idx, head, written)  # the element first ...
+        self._used_idx = idx = (self._used_idx + 1) & 0xFFFF
+        ring.set_used_idx(idx)  # ... then the index
+        os.eventfd_write(s.call, 1)
+        return True
+
     def _serve_chain(self, head: int) -> None:
         try:
             readable, writable = self.walk(head)
@@ -528,7 +598,6 @@ class Device:
     ) -> Message | tuple[str, str, int]:
         """Decode and serve one request: the reply, or (status, message, code). The request
         views opened into guest memory are appended to ``views``."""
-        method = "?"
         try:
             addr, length = readable[0]
             header = unpack_request_header(self.s.mem, addr, length)
@@ -543,18 +612,23 @@ class Device:
                     return self._pending.pop(header.token)
                 except KeyError:
                     raise ProtocolError(f"no pending reply with token {header.token}") from None
-            start = addr + header.payload_offset
-            view = self.view
-            payload = view[start : start + header.payload_len].toreadonly()
-            views.append(payload)
-            buffers = []
-            for a, n in readable[1:]:
-                b = view[a : a + n].toreadonly()
-                views.append(b)
-                buffers.append(b)
-            return self.handler.handle(method, Message(payload, buffers), self.peer)
         except ProtocolError as exc:
             return ("INVALID_ARGUMENT", f"virtio-mock request: {exc}", errno.EINVAL)
+        start = addr + header.payload_offset
+        view = self.view
+        payload = view[start : start + header.payload_len].toreadonly()
+        views.append(payload)
+        buffers = []
+        for a, n in readable[1:]:
+            b = view[a : a + n].toreadonly()
+            views.append(b)
+            buffers.append(b)
+        return self._call_handler(method, Message(payload, buffers))
+
+    def _call_handler(self, method: str, request: Message) -> Message | tuple[str, str, int]:
+        """The handler's reply, or (status, message, code) for a failed call."""
+        try:
+            return self.handler.handle(method, request, self.peer)
         except VaccelError as exc:
             return (status_of(exc), exc.message, exc.code)
         except Exception as exc:

@@ -186,6 +186,17 @@ class VirtioMockChannel(Channel):
         # Slots: descriptors 2i (request, readable) and 2i+1 (reply, writable), fixed blocks.
         self._slot_base = self.allocator.alloc(self._nslots * SLOT_BYTES)
         self._free_slots = list(range(self._nslots - 1, -1, -1))
+        self._slot_records = [
+            _InFlight(
+                2 * i,
+                [],
+                -1,
+                self._slot_base + i * SLOT_BYTES + SLOT_REQUEST_BYTES,
+                SLOT_BYTES - SLOT_REQUEST_BYTES,
+                i,
+            )
+            for i in range(self._nslots)
+        ]
         for i in range(self._nslots):
             block = self._slot_base + i * SLOT_BYTES
             self.ring.write_desc(
@@ -279,7 +290,9 @@ class VirtioMockChannel(Channel):
     # Calls ----------------------------------------------------------------------------------
     def call(self, method: str, request: Message, timeout: float | None = None) -> Message:
         deadline = None if timeout is None else time.monotonic() + timeout
-        payload = _as_bytes_view(request.payload, -1)
+        payload = request.payload
+        if type(payload) is not bytes:
+            payload = _as_bytes_view(payload, -1)
         try:
             if not request.buffers:
                 first = pack_request(KIND_CALL, method, 0, payload)
@@ -321,9 +334,8 @@ class VirtioMockChannel(Channel):
             DESC.pack_into(
                 mem, self._desc_base + 16 * head, block, len(first), VRING_DESC_F_NEXT, head + 1
             )
-            rec = _InFlight(
-                head, [], -1, block + SLOT_REQUEST_BYTES, SLOT_BYTES - SLOT_REQUEST_BYTES, slot
-            )
+            rec = self._slot_records[slot]
+            rec.slot, rec.result, rec.abandoned = slot, None, False
             self._inflight[head] = rec
             idx = self._avail_idx
             U16.pack_into(mem, self._avail_ring + 2 * (idx % self.queue_size), head)
@@ -437,16 +449,10 @@ class VirtioMockChannel(Channel):
             raise self._gone(f"kick failed: {exc}") from exc
 
     def _wait(self, method: str, rec: _InFlight, deadline: float | None) -> int:
-        with self._lock:
-            # The device often completes while the kick is still being delivered: look at the
-            # used ring before sleeping (the call eventfd's count is consumed by a later poll).
-            if self._dead is None and not self._closed:
-                self._drain_used()
-            if rec.result is not None:
-                return rec.result
         # Poll the used ring for a short while before sleeping (as virtio drivers' busy
         # polling does), yielding the CPU each time so that a device on this CPU can run:
-        # waking a sleeping thread costs more than a short request takes to serve.
+        # waking a sleeping thread costs more than a short request takes to serve. (The call
+        # eventfd's count left by a completion seen this way is consumed by a later poll.)
         spin_until = time.perf_counter() + self.spin_seconds
         while True:
             os.sched_yield()
