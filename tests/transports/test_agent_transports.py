@@ -53,3 +53,23 @@ def test_one_agent_serves_unix_virtio_mock_and_vsock_at_once(tmp_path: Path) -> 
     finally:
         assert handle.stop() == 0
     assert not (tmp_path / "a.ctl").exists() and not (tmp_path / "a.sock").exists()
+
+
+@pytest.mark.parametrize("module", ["transports.vsock", "transports.virtio_mock"])
+def test_importing_the_transport_plugins_stays_cheap(module: str) -> None:
+    code = (
+        f"import sys, {module}\n"
+        "from vaccel_core.plugins import PluginRegistry\n"
+        "heavy = [m for m in ('grpc', 'onnxruntime') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=clean_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    assert out == "", f"importing {module} pulled in {out}"

@@ -12,6 +12,7 @@ listens with ``unix://<uds_path>_2048`` (see :func:`hybrid_agent_address`).
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import shutil
 import socket
@@ -98,9 +99,7 @@ class VsockTransport(Transport):
         reason = unavailable_reason()
         if reason is not None:
             return reason
-        try:
-            import grpc  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("grpc") is None:  # the relay's far side speaks gRPC
             return "grpcio is not installed (pip install 'pyvaccel[remote]')"
         return None
 
