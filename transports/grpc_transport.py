@@ -65,14 +65,19 @@ def grpc_options(options: TransportOptions) -> list[tuple[str, Any]]:
     """Channel/server arguments: message limits and keepalive (to notice vanished peers)."""
     limit = message_limit(options)
     extra = options.extra
+    keepalive = int(extra.get("keepalive_time_ms", 20_000))
     return [
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
-        ("grpc.keepalive_time_ms", int(extra.get("keepalive_time_ms", 20_000))),
+        ("grpc.keepalive_time_ms", keepalive),
         ("grpc.keepalive_timeout_ms", int(extra.get("keepalive_timeout_ms", 10_000))),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # The server must accept the client's keepalive pings on an idle Attach stream: by
+        # default it allows one every 5 minutes and drops the connection ("too_many_pings")
+        # after two more, which would release an idle client's sessions.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", max(keepalive // 2, 100)),
+        ("grpc.http2.max_ping_strikes", 0),
     ]
 
 

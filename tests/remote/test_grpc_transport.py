@@ -72,6 +72,27 @@ def test_echo_peers_and_disconnect(transport_and_address: tuple) -> None:
     assert sorted(handler.disconnected) == sorted(ids)
 
 
+def test_idle_connection_survives_keepalive_pings(tmp_path: Path) -> None:
+    """Keepalive pings on an idle client must not make the server drop it (too_many_pings),
+    which would release the client's sessions. Scaled down: a ping every 100 ms (without the
+    fix the server drops the client after about 3 s)."""
+    import time
+
+    options = TransportOptions(extra={"keepalive_time_ms": 100, "keepalive_timeout_ms": 2000})
+    handler = EchoHandler()
+    listener = UnixTransport().listen(Address.parse(f"unix://{tmp_path / 's'}"), handler, options)
+    try:
+        channel = UnixTransport().connect(Address.parse(listener.address), options)
+        assert channel.call("Echo", Message(b"x"), 5).payload == b"x"
+        time.sleep(6)
+        assert handler.disconnected == [], "the server dropped an idle client"
+        assert channel.lost is None  # type: ignore[attr-defined]
+        assert channel.call("Echo", Message(b"y"), 5).payload == b"y"
+        channel.close()
+    finally:
+        listener.stop(1)
+
+
 def test_reply_over_the_limit_is_resource_exhausted(tmp_path: Path) -> None:
     options = TransportOptions(max_message_bytes=64 << 10)
     handler = EchoHandler(reply_size=1 << 20)
