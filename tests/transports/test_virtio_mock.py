@@ -371,3 +371,26 @@ def test_unsealed_memory_and_non_eventfds_are_refused(server: EchoServer) -> Non
             os.close(fd)
     with connect(server.address) as ch:
         assert bytes(echo(ch).payload) == b"ping"
+
+
+def test_close_while_another_thread_waits(server: EchoServer) -> None:
+    ch = connect(server.address)
+    errors: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            ch.call("sleep", Message(b"3"), 10)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    ch.close()
+    thread.join(5)
+    assert not thread.is_alive() and time.monotonic() - started < 3
+    assert len(errors) == 1 and isinstance(errors[0], RemoteError)
+    assert "is closed" in str(errors[0])
+    with pytest.raises(RemoteError, match="is closed"):
+        echo(ch)

@@ -125,6 +125,7 @@ class VirtioMockChannel(Channel):
         self._avail_idx = 0
         self._last_used = 0
         self._fds: list[int] = []
+        self._callers: list[None] = []
         self._ctl = self._connect(options.connect_timeout)
         try:
             self._setup_memory()
@@ -289,6 +290,13 @@ class VirtioMockChannel(Channel):
 
     # Calls ----------------------------------------------------------------------------------
     def call(self, method: str, request: Message, timeout: float | None = None) -> Message:
+        self._callers.append(None)  # atomic: close() waits for callers before unmapping
+        try:
+            return self._do_call(method, request, timeout)
+        finally:
+            self._callers.pop()
+
+    def _do_call(self, method: str, request: Message, timeout: float | None) -> Message:
         deadline = None if timeout is None else time.monotonic() + timeout
         payload = request.payload
         if type(payload) is not bytes:
@@ -696,14 +704,21 @@ class VirtioMockChannel(Channel):
             raise RemoteError(f"virtio-mock device at {self.address}: {self._dead}")
 
     def close(self) -> None:
+        """Close the channel: the device then frees its instance and the agent releases this
+        client's sessions. Calls in flight in other threads end with RemoteError."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._cv.notify_all()
-        self._teardown()
+        with contextlib.suppress(OSError):
+            os.eventfd_write(self._call, 1)  # wake a caller sleeping in poll
+        deadline = time.monotonic() + 2.0
+        while self._callers and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self._teardown(unmap=not self._callers)
 
-    def _teardown(self) -> None:
+    def _teardown(self, unmap: bool = True) -> None:
         ctl = getattr(self, "_ctl", None)
         if ctl is not None:
             ctl.close()
@@ -718,8 +733,9 @@ class VirtioMockChannel(Channel):
                 ring.close()
             self._mem_u8 = np.empty(0, dtype=np.uint8)
             # Reply views still alive keep the mapping until the last of them goes.
-            with contextlib.suppress(BufferError):
-                mem.close()
+            if unmap:
+                with contextlib.suppress(BufferError):
+                    mem.close()
 
     def __enter__(self) -> VirtioMockChannel:
         return self
