@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=PROTO_DIR, help="output folder")
     args = parser.parse_args(argv)
+    try:
+        import grpc_tools  # noqa: F401
+    except ImportError:
+        print("generate: needs grpcio-tools (pip install grpcio-tools)", file=sys.stderr)
+        return 1
     for path in generate(args.out):
         print(f"wrote {path}")
     return 0
