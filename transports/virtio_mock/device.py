@@ -358,6 +358,16 @@ class Device:
         assert s.mem is not None and s.layout is not None
         self.ring = SplitRing(s.mem, s.layout)
         self.view = memoryview(s.mem)
+        self._fast = (
+            s.mem,
+            s.num,
+            s.layout.desc,
+            s.data_start,
+            s.size,
+            self.options.max_message_bytes,
+            DESC.unpack_from,
+            REQ_HEADER.unpack_from,
+        )
         self._gone = False
         self._done = os.eventfd(0, os.EFD_CLOEXEC)
         watcher = threading.Thread(
@@ -506,16 +516,13 @@ class Device:
         """Serve the common chain (one readable request descriptor without buffers, one
         writable reply descriptor) with the checks inlined; False: not that shape (or not
         valid), left to :meth:`_serve_chain`, which names what is wrong."""
-        s = self.s
-        mem, num = self.ring.mem, s.num
+        mem, num, base, lo, hi, limit, unpack_desc, unpack_req = self._fast
         if head >= num:
             return False
-        base = self.ring.layout.desc
-        addr, length, flags, nxt = DESC.unpack_from(mem, base + 16 * head)
+        addr, length, flags, nxt = unpack_desc(mem, base + 16 * head)
         if flags != VRING_DESC_F_NEXT or nxt >= num or nxt == head:
             return False
-        reply_addr, reply_len, reply_flags, _ = DESC.unpack_from(mem, base + 16 * nxt)
-        lo, hi = s.data_start, s.size
+        reply_addr, reply_len, reply_flags, _ = unpack_desc(mem, base + 16 * nxt)
         if (
             reply_flags != VRING_DESC_F_WRITE
             or reply_len < REPLY_HEADER_BYTES
@@ -524,12 +531,11 @@ class Device:
             or addr + length > hi
             or reply_addr < lo
             or reply_addr + reply_len > hi
-            or max(length, reply_len) > self.options.max_message_bytes
+            or length > limit
+            or reply_len > limit
         ):
             return False
-        magic, version, kind, method_len, nbuf, _token, payload_len = REQ_HEADER.unpack_from(
-            mem, addr
-        )
+        magic, version, kind, method_len, nbuf, _token, payload_len = unpack_req(mem, addr)
         start = addr + REQ_HEADER.size + method_len
         if (
             magic != REQ_MAGIC
@@ -564,7 +570,7 @@ class Device:
         ring.set_used_entry(self._used_idx, head, written)  # the element first ...
         self._used_idx = idx = (self._used_idx + 1) & 0xFFFF
         ring.set_used_idx(idx)  # ... then the index
-        os.eventfd_write(s.call, 1)
+        os.eventfd_write(self.s.call, 1)
         return True
 
     def _serve_chain(self, head: int) -> None:
