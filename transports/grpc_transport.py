@@ -473,4 +473,3 @@ class GrpcChannel(Channel):
             self._attach.cancel()
         finally:
             self._channel.close()
-

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -141,8 +142,6 @@ def test_idle_sessions_are_released_after_the_ttl(tmp_path: Path) -> None:
         busy = client.create_session()
         for _ in range(15):  # used more often than the TTL: kept
             client.noop(busy)
-            import time
-
             time.sleep(0.1)
         assert client.status().sessions == 1
     finally:
@@ -206,3 +205,30 @@ def test_resource_from_a_file_travels_as_a_blob(shared_agent: AgentProcess, tmp_
         assert list(out) == ["x"]
         synced = session.backends[0].resource_sync(session, res)
         assert synced[0][0] == "model.onnx" and synced[0][1] == path.read_bytes()
+
+
+def test_a_call_past_its_deadline_fails_and_the_session_lives_on(tmp_path: Path) -> None:
+    from tests.remote.slow_backend import LAUNCHER
+    from vaccel_core import BackendError
+
+    handle = start_agent(
+        [f"unix://{tmp_path / 'v.sock'}"],
+        command=[sys.executable, "-c", LAUNCHER],
+        env={"VACCEL_PLUGINS": "slow", "VACCEL_TEST_SLOW_SECONDS": "2"},
+    )
+    try:
+        with remote_session(handle.address) as session:
+            backend = session.backends[0]
+            saved = backend.op_timeout  # type: ignore[attr-defined]
+            backend.op_timeout = 0.5  # type: ignore[attr-defined]
+            try:
+                start = time.monotonic()
+                with pytest.raises(RemoteError, match=r"noop: no answer from the vAccel agent"):
+                    session.noop()
+                assert time.monotonic() - start < 1.5
+            finally:
+                backend.op_timeout = saved  # type: ignore[attr-defined]
+            with pytest.raises(BackendError, match="cannot classify"):
+                session.classify(b"img")  # same session, same connection: still served
+    finally:
+        handle.stop()

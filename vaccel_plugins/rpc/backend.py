@@ -161,7 +161,10 @@ class RpcBackend(Backend):
             err.status = exc.status  # type: ignore[attr-defined]
             raise err from None
         except RemoteError as exc:
-            self._forget(address, channel)
+            # A lost connection is dropped (the next call connects again); a call that only
+            # ran out of time leaves the connection, and the client's sessions, alone.
+            if getattr(channel, "lost", True):
+                self._forget(address, channel)
             raise RemoteError(_relabel(exc.message, method, what)) from None
         out = reply_type()
         try:
