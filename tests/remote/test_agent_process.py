@@ -312,15 +312,16 @@ def test_issue_done_criterion_vaccel_noop_against_the_agent(tmp_path: Path) -> N
     try:
         script = Path(sys.executable).parent / "vaccel"
         cmd = [str(script)] if script.exists() else [sys.executable, "-m", "vaccel_core.cli"]
-        run = subprocess.run(
-            [*cmd, "noop"],
-            env=clean_env({"VACCEL_PLUGINS": "rpc", "VACCEL_RPC_ADDRESS": f"unix://{sock}"}),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert run.returncode == 0, run.stderr
-        assert "noop: ok (backend rpc)" in run.stdout
+        for variable in ("VACCEL_RPC_ADDRESS", "VACCEL_VSOCK"):  # VACCEL_VSOCK: older name
+            run = subprocess.run(
+                [*cmd, "noop"],
+                env=clean_env({"VACCEL_PLUGINS": "rpc", variable: f"unix://{sock}"}),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert run.returncode == 0, run.stderr
+            assert "noop: ok (backend rpc)" in run.stdout
     finally:
         handle.stop()
 
