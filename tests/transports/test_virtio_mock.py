@@ -394,3 +394,22 @@ def test_close_while_another_thread_waits(server: EchoServer) -> None:
     assert "is closed" in str(errors[0])
     with pytest.raises(RemoteError, match="is closed"):
         echo(ch)
+
+
+def test_guest_that_never_finishes_set_up_is_dropped(
+    tmp_path: Path, echo_server_factory: Any
+) -> None:
+    server = echo_server_factory(
+        f"virtio-mock://{tmp_path / 'vm.ctl'}", {"virtio_mock_setup_timeout": 0.5}
+    )
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    silent.settimeout(5)
+    try:
+        silent.connect(server.address.removeprefix("virtio-mock://"))
+        started = time.monotonic()
+        assert silent.recv(100) == b""  # the device hung up on us
+        assert 0.3 < time.monotonic() - started < 3
+    finally:
+        silent.close()
+    with connect(server.address) as ch:
+        assert bytes(echo(ch).payload) == b"ping"
