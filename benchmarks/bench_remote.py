@@ -15,7 +15,7 @@ It prints medians, the ratio ours / bare, the agent-side time of the operation i
 validation and the noop backend, from the profiling regions the agent returns), and the ratio
 without it (what our layers add; goal: at most 1.20). Usage::
 
-    python benchmarks/bench_remote.py [--rounds-noop 300] [--rounds-1m 40] [--rounds-64m 5]
+    python benchmarks/bench_remote.py [--rounds-noop 300] [--rounds-1m 100] [--rounds-64m 10]
 """
 
 from __future__ import annotations
@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--rounds-noop", type=int, default=300)
-    parser.add_argument("--rounds-1m", type=int, default=40)
-    parser.add_argument("--rounds-64m", type=int, default=8)
+    parser.add_argument("--rounds-1m", type=int, default=100)
+    parser.add_argument("--rounds-64m", type=int, default=10)
     parser.add_argument("--echo-server", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server:
