@@ -310,3 +310,22 @@ def test_agent_on_hybrid_unix_path_serves_a_vsock_guest(
         assert "vsock://2:2048" in str(err.value)
     finally:
         channel.close()
+
+
+def test_stopping_the_vsock_listener_ends_its_clients_cleanly(hybrid_vsock: str) -> None:
+    listener = VsockTransport().listen(
+        Address.parse("vsock://-1:2048"), EchoHandler(io.StringIO()), TransportOptions()
+    )
+    channel = VsockTransport().connect(Address.parse("vsock://2:2048"), TransportOptions())
+    try:
+        assert bytes(channel.call("echo", Message(b"up"), 10).payload) == b"up"
+        started = time.monotonic()
+        listener.stop(1.0)
+        assert time.monotonic() - started < 5
+        with pytest.raises(RemoteError) as err:
+            for _ in range(100):
+                channel.call("echo", Message(b"down"), 5)
+                time.sleep(0.05)
+        assert "vsock://2:2048" in str(err.value) and "relay.sock" not in str(err.value)
+    finally:
+        channel.close()

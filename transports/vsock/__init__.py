@@ -180,6 +180,7 @@ class VsockChannel(Channel):
 
         self._target = target
         self._relay = Relay(front, dial, f"vsock relay to {where}")
+        self._inner_path = path
         self._inner_address = f"unix://{path}"
         try:
             self._channel = transport._inner().connect(Address("unix", path), options)
@@ -194,9 +195,10 @@ class VsockChannel(Channel):
     def _rename(self, message: str) -> str:
         """An inner (unix) error message, told in terms of the vsock address."""
         text = message.replace(self._inner_address, self.address)
+        text = text.replace(f"unix:{self._inner_path}", self.address)  # gRPC's own spelling
         err = self._relay.last_error
         if err is not None:
-            text += f" ({describe_connect_error(err, self._target)})"
+            text += f"; over vsock: {describe_connect_error(err, self._target)}"
         return text
 
     @property
