@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config)
     from .server import Agent
 
-    addresses = args.addresses or [os.environ.get("VACCEL_AGENT_ADDRESS") or DEFAULT_RPC_ADDRESS]
+    addresses = args.addresses or [DEFAULT_RPC_ADDRESS]
     options = TransportOptions(
         max_message_bytes=args.max_message_size, unix_socket_mode=args.socket_mode
     )
