@@ -463,7 +463,6 @@ class VirtioMockChannel(Channel):
         # eventfd's count left by a completion seen this way is consumed by a later poll.)
         spin_until = time.perf_counter() + self.spin_seconds
         while True:
-            os.sched_yield()
             with self._lock:
                 if self._dead is None and not self._closed:
                     self._drain_used()
@@ -471,6 +470,7 @@ class VirtioMockChannel(Channel):
                     return rec.result
             if time.perf_counter() >= spin_until:
                 break
+            os.sched_yield()
         while True:
             with self._lock:
                 if rec.result is not None:
