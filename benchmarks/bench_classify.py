@@ -1,9 +1,10 @@
-"""Classify latency: local onnxruntime vs remote through the agent, over unix and over tcp.
+"""Classify latency: local onnxruntime vs remote through the agent, over unix, tcp and
+virtio-mock.
 
 One run, same photo, same model (the default EfficientNet-Lite0), same onnxruntime settings:
 the agent is a real ``vaccel-agent`` process with the onnxruntime backend, listening on a unix
-socket and on a loopback tcp port at once; the client classifies through the rpc backend.
-Calls run in short blocks per mode (local, unix, tcp, rotating order) so that drift of a shared
+socket, a loopback tcp port and a virtio-mock device at once; the client classifies through
+the rpc backend. Calls run in short blocks per mode (rotating order) so that drift of a shared
 machine hits every mode alike. Prints medians, remote/local ratios and the overhead in percent.
 Upstream vAccel claims under 5% remote overhead; our goal is under 3% over unix.
 
@@ -92,7 +93,8 @@ def measure(
     return times
 
 
-def decompose(unix: str, tcp: str, image: bytes, calls: int) -> dict[str, tuple[float, float]]:
+def decompose(remotes: Mapping[str, str], image: bytes, calls: int
+              ) -> dict[str, tuple[float, float]]:
     """Where remote time goes, call by call: with profiling on, the agent reports how long the
     operation took there; the rest of the client's time is rpc + transport. Pairing the two
     per call cancels the drift of a shared machine. Medians (ms) of agent-side time and of
@@ -103,7 +105,7 @@ def decompose(unix: str, tcp: str, image: bytes, calls: int) -> dict[str, tuple[
         return sum(r.total_ns for r in s.profile() if r.name == "agent:image_classify")
 
     out: dict[str, tuple[float, float]] = {}
-    for name, address in (("unix", unix), ("tcp", tcp)):
+    for name, address in remotes.items():
         config = Config(plugins=["rpc"], rpc_address=address, profiling=True)
         agent_ms: list[float] = []
         rest_ms: list[float] = []
@@ -141,14 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     image = args.photo.read_bytes()
     env = {k: v for k, v in os.environ.items() if k != "VACCEL_PLUGINS"}
     with tempfile.TemporaryDirectory(prefix="vaccel-bench-") as tmp:
-        agent, bound = start_agent([f"unix://{tmp}/vaccel.sock", "tcp://127.0.0.1:0"], env)
+        wanted = [f"unix://{tmp}/vaccel.sock", "tcp://127.0.0.1:0",
+                  f"virtio-mock://{tmp}/vaccel.ctl"]
+        agent, bound = start_agent(wanted, env)
         try:
-            unix, tcp = bound
-            sessions = {
-                "local": Session(config=Config(plugins=["onnxruntime"])),
-                "unix": Session(config=Config(plugins=["rpc"], rpc_address=unix)),
-                "tcp": Session(config=Config(plugins=["rpc"], rpc_address=tcp)),
-            }
+            remotes = dict(zip(["unix", "tcp", "virtio-mock"], bound, strict=True))
+            sessions = {"local": Session(config=Config(plugins=["onnxruntime"]))}
+            for name, address in remotes.items():
+                sessions[name] = Session(config=Config(plugins=["rpc"], rpc_address=address))
             try:
                 tags = {name: s.classify(image)[0] for name, s in sessions.items()}
                 if len(set(tags.values())) != 1:
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 times = measure(calls, args.iterations, args.block)
                 tiny = np.ones((1, 1), dtype=np.float32)
                 floor = measure({n: partial(s.sgemm, tiny, tiny) for n, s in sessions.items()}, 200)
-                split = decompose(unix, tcp, image, args.profiled)
+                split = decompose(remotes, image, args.profiled)
             finally:
                 for s in sessions.values():
                     s.release()
@@ -174,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.iterations} calls per mode in rotating blocks of {args.block}, "
         f"after {args.warmup} warm-up calls"
     )
-    print(f"{'mode':<8}{'median ms':>11}{'vs local':>10}{'overhead':>10}{'+ms':>8}")
+    print(f"{'mode':<12}{'median ms':>11}{'vs local':>10}{'overhead':>10}{'+ms':>8}")
     for name, median in medians.items():
         ratio = median / local
         print(
-            f"{name:<8}{median * 1e3:>11.2f}{ratio:>9.3f}x{(ratio - 1) * 100:>9.1f}%"
+            f"{name:<12}{median * 1e3:>11.2f}{ratio:>9.3f}x{(ratio - 1) * 100:>9.1f}%"
             f"{(median - local) * 1e3:>8.2f}"
         )
     floors = ", ".join(f"{n} {statistics.median(t) * 1e3:.3f} ms" for n, t in floor.items())
