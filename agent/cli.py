@@ -115,7 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vaccel-agent: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config)
+    from .allocator import tune_allocator
     from .server import Agent
+
+    tune_allocator()
 
     addresses = args.addresses or [DEFAULT_RPC_ADDRESS]
     options = TransportOptions(
