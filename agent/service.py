@@ -38,30 +38,18 @@ from vaccel_core.ops import CATALOG, ResourceType
 from vaccel_core.plugins import PluginRegistry
 from vaccel_core.resource import Resource
 from vaccel_core.session import Session
-from vaccel_core.transport import Buffer, CallError, Message, Peer
+from vaccel_core.transport import Buffer, CallError, Message, Peer, status_for
 from vaccel_plugins.rpc import codec
 
 from .blobs import BlobStore, check_digest
 
 logger = _vaccel_logger.getChild("agent")
 
-STATUS_BY_ERRNO = {
-    errno.EINVAL: "INVALID_ARGUMENT",
-    errno.ENOENT: "NOT_FOUND",
-    errno.ENOTSUP: "UNIMPLEMENTED",
-    errno.ENOMEM: "RESOURCE_EXHAUSTED",
-    errno.ECONNRESET: "FAILED_PRECONDITION",
-    errno.EPROTO: "INTERNAL",
-    errno.EREMOTEIO: "UNAVAILABLE",
-    errno.EIO: "INTERNAL",
-}
-
-
 def call_error(exc: VaccelError) -> CallError:
     """The CallError (gRPC-style status + upstream code) a transport reports for ``exc``."""
     if isinstance(exc, CallError):
         return exc
-    return CallError(STATUS_BY_ERRNO.get(exc.code, "UNKNOWN"), exc.message, code=exc.code)
+    return CallError(status_for(exc), exc.message, code=exc.code)
 
 
 def _check_file_name(name: str) -> str:

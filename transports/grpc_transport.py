@@ -34,6 +34,7 @@ from vaccel_core.transport import (
     Message,
     Peer,
     TransportOptions,
+    status_for,
 )
 
 from . import grpc_framing
@@ -45,16 +46,6 @@ ERROR_CODE_METADATA = "vaccel-error-code"
 ERROR_DETAIL_METADATA = "vaccel-error-detail-bin"
 #: gRPC limits one message to a signed 32-bit length.
 GRPC_MAX_MESSAGE = (1 << 31) - 1
-
-_FALLBACK_STATUS = {
-    errno.EINVAL: "INVALID_ARGUMENT",
-    errno.ENOENT: "NOT_FOUND",
-    errno.ENOTSUP: "UNIMPLEMENTED",
-    errno.ENOMEM: "RESOURCE_EXHAUSTED",
-    errno.ECONNRESET: "FAILED_PRECONDITION",
-    errno.EREMOTEIO: "UNAVAILABLE",
-}
-
 
 def message_limit(options: TransportOptions) -> int:
     """The configured message-size limit, capped at what gRPC can carry."""
@@ -186,7 +177,7 @@ class _AgentService(grpc.GenericRpcHandler):
         except grpc_framing.FrameError as exc:
             failure = ("INVALID_ARGUMENT", exc.code, f"{name}: {exc.message}")
         except VaccelError as exc:
-            failure = (_FALLBACK_STATUS.get(exc.code, "UNKNOWN"), exc.code, exc.message)
+            failure = (status_for(exc), exc.code, exc.message)
         except Exception as exc:
             logger.exception("%s: unexpected error in the agent", name)
             failure = (

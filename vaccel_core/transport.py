@@ -15,12 +15,22 @@ A transport plugin registers its class through the ``vaccel.transports`` entry p
 
 from __future__ import annotations
 
+import errno
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from .errors import InvalidArgumentError, VaccelError
+from .errors import (
+    BackendError,
+    InvalidArgumentError,
+    NotFoundError,
+    NotSupportedError,
+    OutOfMemoryError,
+    RemoteError,
+    SessionError,
+    VaccelError,
+)
 
 Buffer = bytes | bytearray | memoryview
 
@@ -79,6 +89,47 @@ class CallError(VaccelError):
     def __init__(self, status: str, message: str, *, code: int | None = None) -> None:
         super().__init__(message, code=code)
         self.status = status
+
+
+#: The one errno -> status table (gRPC status-code names) every transport and the agent use.
+STATUS_BY_ERRNO: dict[int, str] = {
+    errno.EINVAL: "INVALID_ARGUMENT",
+    errno.ENOENT: "NOT_FOUND",
+    errno.ENOTSUP: "UNIMPLEMENTED",
+    errno.ENOMEM: "RESOURCE_EXHAUSTED",
+    errno.ECONNRESET: "FAILED_PRECONDITION",
+    errno.ETIMEDOUT: "DEADLINE_EXCEEDED",
+    errno.EPROTO: "INTERNAL",
+    errno.EREMOTEIO: "UNAVAILABLE",
+    errno.EIO: "INTERNAL",
+}
+
+_STATUS_BY_CLASS: tuple[tuple[type[VaccelError], str], ...] = (
+    (InvalidArgumentError, "INVALID_ARGUMENT"),
+    (NotFoundError, "NOT_FOUND"),
+    (NotSupportedError, "UNIMPLEMENTED"),
+    (OutOfMemoryError, "RESOURCE_EXHAUSTED"),
+    (SessionError, "FAILED_PRECONDITION"),
+    (BackendError, "INTERNAL"),
+    (RemoteError, "UNAVAILABLE"),
+)
+
+
+def status_for(exc: BaseException) -> str:
+    """The status a failed call reports for ``exc``: a CallError's own status; for another
+    VaccelError the status of its errno ``code`` (which is what crosses the wire), else of
+    its class, else UNKNOWN; INTERNAL for any other exception (a bug, not a refusal)."""
+    if isinstance(exc, CallError):
+        return exc.status
+    if not isinstance(exc, VaccelError):
+        return "INTERNAL"
+    status = STATUS_BY_ERRNO.get(exc.code)
+    if status is not None:
+        return status
+    for cls, by_class in _STATUS_BY_CLASS:
+        if isinstance(exc, cls):
+            return by_class
+    return "UNKNOWN"
 
 
 class Handler(Protocol):
