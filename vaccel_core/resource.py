@@ -36,7 +36,10 @@ class ResourceFile:
         if self.data is not None:
             return self.data
         assert self.path is not None
-        return self.path.read_bytes()
+        try:
+            return self.path.read_bytes()
+        except OSError as exc:
+            raise _unreadable(self.path, exc) from exc
 
     @property
     def size(self) -> int:
@@ -54,6 +57,29 @@ def _check_type(type: ResourceType | int) -> ResourceType:
             f"Resource: argument 'type': expected one of "
             f"{', '.join(t.name for t in ResourceType)}, got {type!r}"
         ) from None
+
+
+def _unreadable(path: Path, exc: OSError) -> NotFoundError:
+    return NotFoundError(f"Resource: cannot read file '{path}': {exc.strerror or exc}")
+
+
+def check_file_name(name: str, what: str = "Resource") -> str:
+    """A resource file name must be a plain name: no folder part, no NUL, not . or .."""
+    if not isinstance(name, str) or not name or "/" in name or "\0" in name or name in {".", ".."}:
+        raise InvalidArgumentError(f"{what}: expected a plain file name, got {name!r}")
+    return name
+
+
+def _check_unique(files: Sequence[ResourceFile]) -> list[ResourceFile]:
+    seen: set[str] = set()
+    for f in files:
+        if f.name in seen:
+            raise InvalidArgumentError(
+                f"Resource: two files are named {f.name!r}; the files of a resource sit side "
+                f"by side in one folder on the host, so their names must differ"
+            )
+        seen.add(f.name)
+    return list(files)
 
 
 def _files_from_paths(paths: Sequence[PathLike]) -> list[ResourceFile]:
@@ -84,7 +110,7 @@ class Resource:
     def __init__(self, path: PathLike | Sequence[PathLike], type: ResourceType | int) -> None:
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         self.type = _check_type(type)
-        self.files: list[ResourceFile] = _files_from_paths(paths)
+        self.files: list[ResourceFile] = _check_unique(_files_from_paths(paths))
         self._init_common()
 
     @classmethod
@@ -107,12 +133,11 @@ class Resource:
                 raise InvalidArgumentError(
                     f"Resource.from_buffer: expected bytes for {name!r}, got {data.__class__.__name__}"  # noqa: E501
                 )
-            if not name or "/" in name or name in {".", ".."}:
-                raise InvalidArgumentError(f"Resource.from_buffer: invalid file name {name!r}")
+            check_file_name(name, "Resource.from_buffer")
             files.append(ResourceFile(name, data=bytes(data)))
         self = cls.__new__(cls)
         self.type = _check_type(type)
-        self.files = files
+        self.files = _check_unique(files)
         self._init_common()
         return self
 
@@ -121,7 +146,7 @@ class Resource:
         self._sessions: dict[int, Session] = {}
         self._lock = threading.RLock()
         self._tmpdir: Path | None = None
-        self._digests: dict[str, str] = {}
+        self._digests: dict[int, str] = {}
 
     def __repr__(self) -> str:
         names = ", ".join(f.name for f in self.files)
@@ -178,14 +203,17 @@ class Resource:
         """Hex sha256 of one file (cached): what the agent stores blobs by."""
         f = self.files[index]
         with self._lock:
-            if f.name not in self._digests:
+            if index not in self._digests:
                 h = hashlib.sha256()
                 if f.data is not None:
                     h.update(f.data)
                 else:
                     assert f.path is not None
-                    with f.path.open("rb") as fh:
-                        for chunk in iter(lambda: fh.read(1 << 20), b""):
-                            h.update(chunk)
-                self._digests[f.name] = h.hexdigest()
-            return self._digests[f.name]
+                    try:
+                        with f.path.open("rb") as fh:
+                            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                                h.update(chunk)
+                    except OSError as exc:
+                        raise _unreadable(f.path, exc) from exc
+                self._digests[index] = h.hexdigest()
+            return self._digests[index]

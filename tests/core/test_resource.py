@@ -36,8 +36,10 @@ def test_bad_resources_are_named(tmp_path: Path) -> None:
         Resource(tmp_path / "missing.onnx", ResourceType.MODEL)
     with pytest.raises(InvalidArgumentError, match="expected one of LIB, DATA, MODEL, got 7"):
         Resource.from_buffer(b"x", 7)
-    with pytest.raises(InvalidArgumentError, match="invalid file name"):
+    with pytest.raises(InvalidArgumentError, match=r"plain file name, got '\.\./escape'"):
         Resource.from_buffer(b"x", ResourceType.DATA, name="../escape")
+    with pytest.raises(InvalidArgumentError, match="expected a plain file name"):
+        Resource.from_buffer(b"x", ResourceType.DATA, name="a\0b")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InvalidArgumentError, match="has no files"):
@@ -87,3 +89,30 @@ def test_operation_rejects_resource_of_other_session_or_type() -> None:
         lib.register(s)
         with pytest.raises(InvalidArgumentError, match="expected a MODEL resource, got a LIB"):
             s.model_load(lib)
+
+
+def test_files_of_one_resource_need_distinct_names(tmp_path: Path) -> None:
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "m.bin").write_bytes(sub.encode())
+    with pytest.raises(InvalidArgumentError, match=r"two files are named 'm\.bin'"):
+        Resource([tmp_path / "a" / "m.bin", tmp_path / "b" / "m.bin"], ResourceType.MODEL)
+    with pytest.raises(InvalidArgumentError, match="two files are named 'x'"):
+        Resource.from_buffers([("x", b"1"), ("x", b"2")], ResourceType.DATA)
+
+
+def test_each_file_has_its_own_digest() -> None:
+    res = Resource.from_buffers([("a", b"1"), ("b", b"2")], ResourceType.DATA)
+    assert res.sha256(0) == hashlib.sha256(b"1").hexdigest()
+    assert res.sha256(1) == hashlib.sha256(b"2").hexdigest()
+
+
+def test_a_file_deleted_after_creation_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "gone.onnx"
+    path.write_bytes(b"x")
+    res = Resource(path, ResourceType.MODEL)
+    path.unlink()
+    with pytest.raises(NotFoundError, match=r"cannot read file .*gone\.onnx"):
+        res.sha256()
+    with pytest.raises(NotFoundError, match=r"cannot read file .*gone\.onnx"):
+        res.files[0].read()
