@@ -21,7 +21,7 @@ from vaccel_core import (
     Session,
 )
 from vaccel_plugins.onnxruntime import inference
-from vaccel_plugins.onnxruntime.backend import OnnxRuntimeBackend, output_image_name
+from vaccel_plugins.onnxruntime.backend import OnnxRuntimeBackend, model_key, output_image_name
 
 from .ort_fixtures import (
     EXPECTED,
@@ -285,7 +285,7 @@ def test_model_load_unload_and_cache(
     session.model_load(tiny)
     session.model_load(tiny)
     assert backend.builds == builds + 1
-    key = tiny.sha256()
+    key = model_key(tiny)
     assert key in backend._models
     x, w = np.ones((1, 3), np.float32), np.ones((3, 2), np.float32)
     for _ in range(3):
@@ -309,7 +309,7 @@ def test_resources_are_freed_on_unregister_and_release(
         s.model_load(res)
     assert len(backend._models) == 2
     dropped.unregister(s)
-    assert list(backend._models) == [kept.sha256()]
+    assert list(backend._models) == [model_key(kept)]
     s.release()
     assert backend._models == {} and backend._keys == {} and backend._users == {}
 

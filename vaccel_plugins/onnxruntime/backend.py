@@ -2,10 +2,16 @@
 
 ``classify`` runs the session's MODEL resource when one is registered (an ImageNet classifier
 with one image input and 1000 outputs), else the default EfficientNet-Lite0 model, built once
-into the user's cache folder. Inference sessions are cached by model content (sha256) and
-shared by every vAccel session that registers the same model; one is freed when the last
-session that used it unregisters the resource or is released. The default classifier's
-session lives as long as the process.
+into the user's cache folder. Inference sessions are cached by model content (the name and
+sha256 of every file of the resource, so external weight files count) and shared by every
+vAccel session that registers the same model; one is freed when the last session that used
+it unregisters the resource or is released. The default classifier's session lives as long
+as the process. A model is built outside the backend's lock: only callers of the same model
+wait for it.
+
+A MODEL resource is checked before onnxruntime opens it: a tensor whose external data is not
+one of the resource's own files (an absolute or ``../`` location) is refused, so a guest
+cannot make the host read its other files.
 
 Execution providers: ``VACCEL_ORT_PROVIDERS`` (a comma list, e.g. ``cuda,cpu``) or the
 ``ort_providers`` key of ``--vaccel-config``; by default TensorRT, CUDA, CPU, keeping those
@@ -84,6 +90,12 @@ def _model_file(resource: Resource) -> int:
     return 0
 
 
+def model_key(resource: Resource) -> str:
+    """The cache key of a MODEL resource's inference session: the name and sha256 of each of
+    its files, in order (a graph with other external weights is another model)."""
+    return "\n".join(f"{f.name}:{resource.sha256(i)}" for i, f in enumerate(resource.files))
+
+
 def _label(resource: Resource) -> str:
     return f"MODEL resource {resource.id} ({resource.files[_model_file(resource)].name})"
 
@@ -99,9 +111,12 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._settings: dict[tuple[str, ...], RunSettings] = {}
-        self._models: dict[str, LoadedModel] = {}  # sha256 -> loaded model
-        self._users: dict[str, set[tuple[int, int]]] = {}  # sha256 -> {(session, resource)}
-        self._keys: dict[tuple[int, int], str] = {}  # (session id, resource id) -> sha256
+        self._models: dict[str, LoadedModel] = {}  # model_key -> loaded model
+        self._users: dict[str, set[tuple[int, int]]] = {}  # model_key -> {(session, resource)}
+        self._keys: dict[tuple[int, int], str] = {}  # (session id, resource id) -> model_key
+        #: One lock per model being built: callers of that model wait, nobody else does.
+        self._building: dict[str, threading.Lock] = {}
+        self._default_lock = threading.Lock()
         self._default: LoadedModel | None = None
         self._probe: LoadedModel | None = None
         #: Number of onnxruntime InferenceSessions created so far (cache checks use it).
@@ -195,24 +210,54 @@ class OnnxRuntimeBackend(Backend):
                 logger.info("onnxruntime: freed the inference session of %s", model.path.name)
 
     # Model cache ---------------------------------------------------------------------------
-    def loaded_model(self, session: Session, resource: Resource) -> LoadedModel:
-        """The cached inference session of a MODEL resource, created on first use."""
-        index = _model_file(resource)
-        key = resource.sha256(index)
+    def loaded_model(
+        self, session: Session, resource: Resource, op: str = "model_load"
+    ) -> LoadedModel:
+        """The cached inference session of a MODEL resource, created on first use.
+
+        The build runs outside the backend's lock, under a lock of its own model: callers of
+        other models (and their classify/model_run) go on meanwhile."""
+        key = model_key(resource)
         with self._lock:
-            model = self._models.get(key)
-            if model is None:
-                path = resource.local_paths()[index]
-                model = self._build(key, path, _label(resource), session.config)
-                self._models[key] = model
+            model = self._use(key, session, resource)
+            if model is not None:
+                return model
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
+            with self._lock:
+                model = self._use(key, session, resource)
+            if model is not None:
+                return model
+            try:
+                index = _model_file(resource)
+                paths = resource.local_paths()
+                label = _label(resource)
+                inference.check_external_data(op, label, paths[index], paths)
+                model = self._build(key, paths[index], label, session.config)
+                with self._lock:
+                    self._models[key] = model
+                    self._use(key, session, resource)
+            finally:
+                with self._lock:
+                    if self._building.get(key) is building:
+                        del self._building[key]
+            return model
+
+    def _use(self, key: str, session: Session, resource: Resource) -> LoadedModel | None:
+        """The cached model of ``key``, noted as used by the resource; None if not built."""
+        model = self._models.get(key)
+        if model is not None:
             self._users.setdefault(key, set()).add((session.id, resource.id))
             self._keys[(session.id, resource.id)] = key
-            return model
+        return model
 
     def default_model(self, config: Config | None = None) -> LoadedModel:
         """The default classifier (EfficientNet-Lite0), built into the cache on first use."""
-        with self._lock:
-            if self._default is None:
+        if self._default is not None:
+            return self._default
+        with self._default_lock:
+            model = self._default
+            if model is None:
                 from . import models
 
                 try:
@@ -225,15 +270,18 @@ class OnnxRuntimeBackend(Backend):
                     raise BackendError(
                         f"classify: the default model failed to build: {exc}"
                     ) from exc
-                self._default = self._build(
+                model = self._build(
                     f"default:{models.DEFAULT_MODEL}", path, f"default model {path.name}", config
                 )
-            return self._default
+                with self._lock:
+                    self._default = model
+            return model
 
     def _build(self, key: str, path: Path, label: str, config: Config | None) -> LoadedModel:
         start = time.perf_counter()
         model = inference.create_session(key, path, self._run_settings(config), label)
-        self.builds += 1
+        with self._lock:
+            self.builds += 1
         logger.info("onnxruntime: loaded %s in %.3fs", label, time.perf_counter() - start)
         return model
 
@@ -271,7 +319,7 @@ class OnnxRuntimeBackend(Backend):
             return self.default_model(session.config), "the default model"
         resource = mine[-1]
         label = _label(resource)
-        model = self.loaded_model(session, resource)
+        model = self.loaded_model(session, resource, "classify")
         if len(model.inputs) != 1:
             raise InvalidArgumentError(
                 f"classify: {label} has {len(model.inputs)} inputs, expected 1 image input"
@@ -304,7 +352,7 @@ class OnnxRuntimeBackend(Backend):
         resource: Resource,
         inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
     ) -> dict[str, np.ndarray]:
-        model = self.loaded_model(session, resource)
+        model = self.loaded_model(session, resource, "model_run")
         feed = inference.build_feed("model_run", model, _label(resource), inputs)
         return model.run("model_run", feed)
 

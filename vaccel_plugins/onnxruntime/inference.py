@@ -7,7 +7,7 @@ that importing the backend module stays cheap.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,6 +219,97 @@ def provider_arguments(providers: Sequence[str]) -> list[str | tuple[str, dict[s
                 continue
         out.append(name)
     return out
+
+
+def _graph_tensors(graph: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """Every tensor of a graph with what it is: initializers (dense and sparse) and tensors
+    in node attributes, subgraphs (If, Loop, Scan bodies) included."""
+    for tensor in graph.initializer:
+        yield f"initializer {tensor.name!r}{where}", tensor
+    for sparse in graph.sparse_initializer:
+        name = f"sparse initializer {sparse.values.name!r}{where}"
+        yield name, sparse.values
+        yield name, sparse.indices
+    for node in graph.node:
+        yield from _node_tensors(node, where)
+
+
+def _node_tensors(node: Any, where: str) -> Iterator[tuple[str, Any]]:
+    for attr in node.attribute:
+        what = f"attribute {attr.name!r} of node {node.name or node.op_type!r}{where}"
+        if attr.HasField("t"):
+            yield what, attr.t
+        for tensor in attr.tensors:
+            yield what, tensor
+        sparse = [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
+        for sp in [*sparse, *attr.sparse_tensors]:
+            yield what, sp.values
+            yield what, sp.indices
+        inner = f" (in a subgraph of node {node.name or node.op_type!r}{where})"
+        if attr.HasField("g"):
+            yield from _graph_tensors(attr.g, inner)
+        for graph in attr.graphs:
+            yield from _graph_tensors(graph, inner)
+
+
+def _model_tensors(model: Any) -> Iterator[tuple[str, Any]]:
+    yield from _graph_tensors(model.graph, "")
+    for function in model.functions:
+        for node in function.node:
+            yield from _node_tensors(node, f" (in function {function.name!r})")
+    for info in model.training_info:
+        yield from _graph_tensors(info.initialization, " (in training info)")
+        yield from _graph_tensors(info.algorithm, " (in training info)")
+
+
+def check_external_data(op: str, label: str, model_path: Path, files: Sequence[Path]) -> None:
+    """Refuse a model whose tensors keep their data outside the resource's own files.
+
+    An ONNX tensor may name an external file (``data_location`` EXTERNAL, key ``location``)
+    that onnxruntime opens relative to the model's folder; an absolute or ``../`` location
+    would let whoever uploads the model read any file of the host. Each location must be
+    the plain name of one of ``files`` (the resource's files, side by side with the model).
+    """
+    try:
+        import onnx
+    except ImportError as exc:
+        raise NotSupportedError(
+            f"{op}: {label}: the onnx package is needed to check the model before loading it "
+            f"(pip install 'pyvaccel[onnx]' or 'pyvaccel[onnx-gpu]'): {exc}"
+        ) from exc
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:
+        raise InvalidArgumentError(
+            f"{op}: onnxruntime cannot load {label} as an ONNX model: {type(exc).__name__}: {exc}"
+        ) from exc
+    folder = model_path.parent
+    own = {path.name: path for path in files}
+    names = ", ".join(own)
+    for what, tensor in _model_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        location = entries.get("location", "")
+        plain = (
+            location in own
+            and not os.path.isabs(location)
+            and "/" not in location
+            and "\\" not in location
+            and ".." not in location
+        )
+        if not plain:
+            raise InvalidArgumentError(
+                f"{op}: {label}: {what} keeps its data in {location!r}; external data must be "
+                f"one of the resource's own files: {names}"
+            )
+        if not (folder / location).exists() or not os.path.samefile(
+            folder / location, own[location]
+        ):
+            raise InvalidArgumentError(
+                f"{op}: {label}: {what} keeps its data in {location!r}, which is not beside "
+                f"{model_path.name}; register the model's files from one folder"
+            )
 
 
 def create_session(key: str, model: Path | bytes, settings: RunSettings, label: str) -> LoadedModel:
