@@ -8,10 +8,11 @@ guest chose.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -19,9 +20,37 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vaccel_core.errors import InvalidArgumentError, NotFoundError, OutOfMemoryError
+from vaccel_core.errors import InvalidArgumentError, NotFoundError, OutOfMemoryError, VaccelError
+
+#: Default cap on one blob (a resource file) a guest may upload.
+DEFAULT_MAX_BLOB_BYTES = 4 << 30
+#: Default cap on all blobs together (held and being uploaded).
+DEFAULT_BLOB_QUOTA_BYTES = 16 << 30
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SIZE = re.compile(r"^(\d+)\s*([KMGT]?)(?:I?B)?$")
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: int | str, what: str) -> int:
+    """Bytes from an int or a string with an optional binary suffix (4096, 512M, 4G, 16GiB),
+    or InvalidArgumentError naming ``what``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE.match(value.strip().upper()) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidArgumentError(
+            f"{what}: expected a size in bytes with an optional K, M, G or T suffix "
+            f"(e.g. 512M, 4G), got {value!r}"
+        )
+    return int(match[1]) * _SIZE_UNITS[match[2]]
+
+
+def size_limit(value: int | str | None, default: int, what: str) -> int | None:
+    """A configured limit: ``default`` when not set, None (no limit) when set to 0."""
+    if value is None:
+        return default
+    return parse_size(value, what) or None
 
 
 def check_digest(digest: str, where: str) -> str:
@@ -33,11 +62,19 @@ def check_digest(digest: str, where: str) -> str:
 
 @dataclass
 class _Upload:
+    """One peer's upload of one blob, into a partial file of its own."""
+
     size: int
     owner: str
+    partial: Path
     received: int = 0
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
     touched: float = field(default_factory=time.monotonic)
+    #: Serializes this upload's chunks; taken before the store's lock, never after.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Set (under the store's lock) once the upload left the store: restarted, dropped,
+    #: or the blob completed by another uploader. Its partial file is then deleted.
+    dropped: bool = False
 
 
 @dataclass
@@ -49,17 +86,34 @@ class _Blob:
 
 
 class BlobStore:
-    """Blobs by sha256 under a private folder (mode 0700), reference counted."""
+    """Blobs by sha256 under a private folder (mode 0700), reference counted.
 
-    def __init__(self, root: Path | None = None, *, max_blob_bytes: int | None = None) -> None:
+    ``max_blob_bytes`` caps one blob and ``quota_bytes`` all blobs together, counting the
+    full announced size of every upload in progress; None means no limit. Exceeding either
+    raises OutOfMemoryError (RESOURCE_EXHAUSTED on the wire).
+
+    Uploads are kept per (digest, uploader): two peers uploading the same file at once each
+    write their own partial file; the first to complete installs the blob and the other's
+    upload then ends as a success without being written further.
+    """
+
+    def __init__(
+        self,
+        root: Path | None = None,
+        *,
+        max_blob_bytes: int | None = None,
+        quota_bytes: int | None = None,
+    ) -> None:
         if root is not None:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
         # A private folder (mode 0700) of our own, inside ``root`` if given: removed on close.
         self.root = Path(tempfile.mkdtemp(prefix="vaccel-agent-blobs-", dir=root))
         self.max_blob_bytes = max_blob_bytes
+        self.quota_bytes = quota_bytes
         self._lock = threading.Lock()
         self._blobs: dict[str, _Blob] = {}
-        self._uploads: dict[str, _Upload] = {}
+        self._uploads: dict[tuple[str, str], _Upload] = {}
+        self._closed = False
         self.uploads_completed = 0
         self.hits = 0
 
@@ -88,60 +142,129 @@ class BlobStore:
         with self._lock:
             return sum(b.size for b in self._blobs.values())
 
+    def _used_bytes(self) -> int:
+        """Bytes held plus bytes announced by uploads in progress (caller holds the lock)."""
+        return sum(b.size for b in self._blobs.values()) + sum(
+            u.size for u in self._uploads.values()
+        )
+
     # Uploads -------------------------------------------------------------------------------
     def put(self, digest: str, size: int, offset: int, chunk: memoryview, owner: str) -> int:
-        """Write one chunk (chunks arrive in order); returns the bytes received so far, which
-        equals ``size`` once the blob is complete and verified."""
+        """Write one chunk of ``owner``'s upload (chunks arrive in order; a chunk at offset 0
+        restarts that owner's upload); returns the bytes received so far, which equals
+        ``size`` once the blob is complete and verified (by this or another uploader)."""
         check_digest(digest, "PutBlob: sha256")
+        if size < 0:
+            raise InvalidArgumentError(f"PutBlob: argument 'size': expected >= 0, got {size}")
         if self.max_blob_bytes is not None and size > self.max_blob_bytes:
             raise OutOfMemoryError(
-                f"PutBlob: blob of {size} bytes exceeds the agent's limit of "
-                f"{self.max_blob_bytes} bytes"
+                f"PutBlob: blob {digest[:12]} of {size} bytes exceeds the agent's limit of "
+                f"{self.max_blob_bytes} bytes per blob (--max-blob-size)"
             )
-        with self._lock:
-            if digest in self._blobs:
-                return self._blobs[digest].size
-            upload = self._uploads.get(digest)
-            if upload is None or offset == 0:
-                upload = self._uploads[digest] = _Upload(size, owner)
-                with contextlib.suppress(FileNotFoundError):
-                    self._partial(digest).unlink()
-            if upload.size != size:
-                raise InvalidArgumentError(
-                    f"PutBlob: blob {digest[:12]}: size {size} differs from the {upload.size} "
-                    f"given with its first chunk"
-                )
-            if offset != upload.received:
-                raise InvalidArgumentError(
-                    f"PutBlob: blob {digest[:12]}: expected the chunk at offset "
-                    f"{upload.received}, got offset {offset}"
-                )
-            if upload.received + len(chunk) > size:
-                raise InvalidArgumentError(
-                    f"PutBlob: blob {digest[:12]}: chunk ends at "
-                    f"{upload.received + len(chunk)}, beyond the blob size {size}"
-                )
-            with open(self._partial(digest), "ab") as fh:
-                fh.write(chunk)
-            upload.hasher.update(chunk)
-            upload.received += len(chunk)
-            upload.touched = time.monotonic()
-            if upload.received < size:
-                return upload.received
-            del self._uploads[digest]
-            actual = upload.hasher.hexdigest()
-            if actual != digest:
-                self._partial(digest).unlink(missing_ok=True)
-                raise InvalidArgumentError(
-                    f"PutBlob: blob content has sha256 {actual}, not the announced {digest}"
-                )
-            os.replace(self._partial(digest), self.path(digest))
-            self._blobs[digest] = _Blob(size, owner=owner)
-            self.uploads_completed += 1
-            return size
+        key = (digest, owner)
+        stale: list[_Upload] = []
+        try:
+            with self._lock:
+                upload = self._uploads.get(key)
+                if digest in self._blobs:
+                    if upload is not None:  # another uploader completed it first
+                        stale.append(self._forget(key))
+                    return self._blobs[digest].size
+                if upload is None or offset == 0:
+                    if upload is not None:  # this owner restarts its upload
+                        stale.append(self._forget(key))
+                    if self.quota_bytes is not None:
+                        used = self._used_bytes()
+                        if used + size > self.quota_bytes:
+                            raise OutOfMemoryError(
+                                f"PutBlob: blob {digest[:12]} of {size} bytes exceeds the "
+                                f"agent's blob quota of {self.quota_bytes} bytes "
+                                f"({used} bytes already held or being uploaded; --blob-quota)"
+                            )
+                    partial = self.root / f"{digest}.{secrets.token_hex(8)}.partial"
+                    upload = self._uploads[key] = _Upload(size, owner, partial)
+        finally:
+            self._discard(stale)
+        with upload.lock:
+            return self._write(digest, upload, size, offset, chunk)
 
-    def _partial(self, digest: str) -> Path:
-        return self.root / f"{digest}.partial"
+    def _write(
+        self, digest: str, upload: _Upload, size: int, offset: int, chunk: memoryview
+    ) -> int:
+        """Append ``chunk`` to ``upload`` (caller holds ``upload.lock``, not the store's)."""
+        if upload.dropped:
+            if self.has(digest):
+                return size
+            raise NotFoundError(
+                f"PutBlob: blob {digest[:12]}: the upload was restarted or dropped; "
+                f"send it again from offset 0"
+            )
+        if upload.size != size:
+            raise InvalidArgumentError(
+                f"PutBlob: blob {digest[:12]}: size {size} differs from the {upload.size} "
+                f"given with its first chunk"
+            )
+        if offset != upload.received:
+            raise InvalidArgumentError(
+                f"PutBlob: blob {digest[:12]}: expected the chunk at offset "
+                f"{upload.received}, got offset {offset}"
+            )
+        if upload.received + len(chunk) > size:
+            raise InvalidArgumentError(
+                f"PutBlob: blob {digest[:12]}: chunk ends at "
+                f"{upload.received + len(chunk)}, beyond the blob size {size}"
+            )
+        try:
+            with open(upload.partial, "ab") as fh:
+                fh.write(chunk)
+        except OSError as exc:
+            with self._lock:
+                self._forget((digest, upload.owner), upload)
+            upload.partial.unlink(missing_ok=True)
+            error = OutOfMemoryError if exc.errno in (errno.ENOSPC, errno.EDQUOT) else VaccelError
+            raise error(f"PutBlob: blob {digest[:12]}: cannot write the chunk: {exc}") from exc
+        upload.hasher.update(chunk)
+        upload.received += len(chunk)
+        upload.touched = time.monotonic()
+        if upload.received < size:
+            return upload.received
+        actual = upload.hasher.hexdigest()
+        with self._lock:
+            live = not upload.dropped and not self._closed
+            self._forget((digest, upload.owner), upload)
+            if live and actual == digest and digest not in self._blobs:
+                os.replace(upload.partial, self.path(digest))
+                self._blobs[digest] = _Blob(size, owner=upload.owner)
+                self.uploads_completed += 1
+                return size
+        upload.partial.unlink(missing_ok=True)
+        if actual != digest:
+            raise InvalidArgumentError(
+                f"PutBlob: blob content has sha256 {actual}, not the announced {digest}"
+            )
+        if not self.has(digest):
+            raise NotFoundError(f"PutBlob: blob {digest[:12]}: the agent is stopping")
+        return size  # another uploader completed the same blob first: nothing more to do
+
+    def _forget(self, key: tuple[str, str], upload: _Upload | None = None) -> _Upload:
+        """Take an upload out of the store (caller holds the store's lock); its partial file
+        is deleted by :meth:`_discard`, or by its writer."""
+        current = self._uploads.get(key)
+        if upload is None:
+            assert current is not None
+            upload = current
+        if current is upload:
+            del self._uploads[key]
+        upload.dropped = True
+        return upload
+
+    @staticmethod
+    def _discard(uploads: list[_Upload]) -> None:
+        """Delete the partial files of uploads taken out of the store (without its lock):
+        under each upload's own lock, so that no chunk is being appended meanwhile."""
+        for upload in uploads:
+            with upload.lock:
+                upload.partial.unlink(missing_ok=True)
 
     # References ----------------------------------------------------------------------------
     def acquire(self, digests: list[str]) -> None:
@@ -180,15 +303,17 @@ class BlobStore:
             for d in blobs:
                 del self._blobs[d]
                 self.path(d).unlink(missing_ok=True)
-            uploads = [d for d, u in self._uploads.items() if stale(u.owner, u.touched)]
-            for d in uploads:
-                del self._uploads[d]
-                self._partial(d).unlink(missing_ok=True)
+            uploads = [
+                self._forget(k) for k, u in list(self._uploads.items()) if stale(u.owner, u.touched)
+            ]
+        self._discard(uploads)
         return len(blobs) + len(uploads)
 
     def close(self) -> None:
         """Delete every blob and the store's folder."""
         with self._lock:
+            self._closed = True
             self._blobs.clear()
-            self._uploads.clear()
+            for key in list(self._uploads):
+                self._forget(key)
         shutil.rmtree(self.root, ignore_errors=True)

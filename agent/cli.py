@@ -21,6 +21,8 @@ from vaccel_core.errors import VaccelError
 from vaccel_core.log import configure_logging
 from vaccel_core.transport import DEFAULT_MAX_MESSAGE_BYTES, TransportOptions
 
+from .blobs import DEFAULT_BLOB_QUOTA_BYTES, DEFAULT_MAX_BLOB_BYTES, parse_size
+
 #: Seconds in-flight calls get to finish on a stop signal (Kata kills the agent after 5 s).
 STOP_GRACE = 3.0
 
@@ -35,6 +37,13 @@ def _octal(value: str) -> int:
     if not 0 <= mode <= 0o777:
         raise argparse.ArgumentTypeError(f"expected a mode between 000 and 777, got {value!r}")
     return mode
+
+
+def _size(value: str) -> int:
+    try:
+        return parse_size(value, "size")
+    except VaccelError as exc:
+        raise argparse.ArgumentTypeError(exc.message.removeprefix("size: ")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"largest message accepted or sent (default {DEFAULT_MAX_MESSAGE_BYTES})",
     )
     parser.add_argument(
+        "--max-blob-size",
+        type=_size,
+        metavar="SIZE",
+        help="largest resource file (blob) a client may upload, e.g. 512M; 0: no limit "
+        f"(default {DEFAULT_MAX_BLOB_BYTES >> 30}G; also --vaccel-config max_blob_size=SIZE)",
+    )
+    parser.add_argument(
+        "--blob-quota",
+        type=_size,
+        metavar="SIZE",
+        help="most bytes all blobs together (held and being uploaded) may take; 0: no limit "
+        f"(default {DEFAULT_BLOB_QUOTA_BYTES >> 30}G; also --vaccel-config blob_quota=SIZE)",
+    )
+    parser.add_argument(
         "--socket-mode",
         type=_octal,
         default=0o600,
@@ -104,6 +127,13 @@ def make_config(args: argparse.Namespace) -> Config:
         config.log_level = args.log_level
     if args.blob_dir:
         config.extra["blob_dir"] = args.blob_dir
+    if args.max_blob_size is not None:
+        config.extra["max_blob_size"] = args.max_blob_size
+    if args.blob_quota is not None:
+        config.extra["blob_quota"] = args.blob_quota
+    for key in ("max_blob_size", "blob_quota"):
+        if key in config.extra:
+            parse_size(config.extra[key], key)  # fail now on a bad --vaccel-config value
     return config
 
 

@@ -23,6 +23,7 @@ from vaccel_core.log import ensure_logging
 from vaccel_core.plugins import get_registry
 from vaccel_core.transport import Address, Listener, TransportOptions
 
+from .blobs import DEFAULT_BLOB_QUOTA_BYTES, DEFAULT_MAX_BLOB_BYTES, size_limit
 from .service import AgentService, logger
 
 
@@ -70,6 +71,12 @@ class Agent:
             registry,
             session_ttl=self.session_ttl,
             blob_root=Path(blob_dir) if blob_dir else None,
+            max_blob_bytes=size_limit(
+                self.config.extra.get("max_blob_size"), DEFAULT_MAX_BLOB_BYTES, "max_blob_size"
+            ),
+            blob_quota_bytes=size_limit(
+                self.config.extra.get("blob_quota"), DEFAULT_BLOB_QUOTA_BYTES, "blob_quota"
+            ),
         )
         try:
             for address in self.addresses:

@@ -41,9 +41,10 @@ from vaccel_core.session import Session
 from vaccel_core.transport import Buffer, CallError, Message, Peer, status_for
 from vaccel_plugins.rpc import codec
 
-from .blobs import BlobStore, check_digest
+from .blobs import DEFAULT_BLOB_QUOTA_BYTES, DEFAULT_MAX_BLOB_BYTES, BlobStore, check_digest
 
 logger = _vaccel_logger.getChild("agent")
+
 
 def call_error(exc: VaccelError) -> CallError:
     """The CallError (gRPC-style status + upstream code) a transport reports for ``exc``."""
@@ -95,6 +96,8 @@ class AgentService:
         blob_root: Path | None = None,
         inline_limit: int = codec.INLINE_LIMIT,
         unattached_ttl: float = UNATTACHED_TTL,
+        max_blob_bytes: int | None = DEFAULT_MAX_BLOB_BYTES,
+        blob_quota_bytes: int | None = DEFAULT_BLOB_QUOTA_BYTES,
     ) -> None:
         from vaccel_core.proto import pb
 
@@ -104,7 +107,9 @@ class AgentService:
         self.session_ttl = session_ttl if session_ttl and session_ttl > 0 else None
         self.unattached_ttl = unattached_ttl
         self.inline_limit = inline_limit
-        self.blobs = BlobStore(blob_root)
+        self.blobs = BlobStore(
+            blob_root, max_blob_bytes=max_blob_bytes, quota_bytes=blob_quota_bytes
+        )
         self._lock = threading.RLock()
         self._sessions: dict[int, _AgentSession] = {}
         self._peers: set[str] = set()
@@ -285,10 +290,17 @@ class AgentService:
         session = self._new_session(msg.flags)
         session.meta["peer"] = peer.id
         with self._lock:
-            wire_id = secrets.randbits(52) or 1
-            while wire_id in self._sessions:
+            # Checked again under the lock: close() may have run while the session was made,
+            # and would never release a session added after it.
+            closed = self._closed
+            if not closed:
                 wire_id = secrets.randbits(52) or 1
-            self._sessions[wire_id] = _AgentSession(wire_id, peer.id, session)
+                while wire_id in self._sessions:
+                    wire_id = secrets.randbits(52) or 1
+                self._sessions[wire_id] = _AgentSession(wire_id, peer.id, session)
+        if closed:
+            session.release()
+            raise CallError("UNAVAILABLE", "CreateSession: the agent is stopping", code=errno.EIO)
         logger.info(
             "session %d created for client %s with backends %s (flags 0x%x)",
             wire_id,
@@ -384,7 +396,26 @@ class AgentService:
             shutil.rmtree(folder, ignore_errors=True)
             self.blobs.release(digests)
             raise
-        record.resources[resource.id] = _AgentResource(resource, digests, folder)
+        entry = _AgentResource(resource, digests, folder)
+        with self._lock:
+            # The session may have been released meanwhile (its client went away, it idled
+            # out, the agent is stopping): it would never release a resource added now.
+            closed = self._closed
+            live = not closed and self._sessions.get(record.id) is record
+            if live:
+                record.resources[resource.id] = entry
+        if not live:
+            with contextlib.suppress(VaccelError):
+                resource.unregister(record.session)
+            self._drop_files(entry)
+            if closed:
+                raise CallError(
+                    "UNAVAILABLE", "RegisterResource: the agent is stopping", code=errno.EIO
+                )
+            raise NotFoundError(
+                f"RegisterResource: session {record.id} not found (released while the "
+                f"resource was being registered)"
+            )
         logger.debug(
             "session %d: resource %d registered (%s, %s)",
             record.id,
