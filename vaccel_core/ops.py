@@ -172,6 +172,13 @@ def _check_minmax(spec: OpSpec, args: Sequence[Any]) -> None:
         )
 
 
+#: Upper bound on what one call may ask a backend to allocate for its outputs (the default
+#: message limit of the transports): a guest must not make the host allocate without bound.
+MAX_OUTPUT_BYTES = 1 << 30
+#: Upper bound on the number of opaque outputs of one call.
+MAX_OUTPUTS = 4096
+
+
 def _check_write_sizes(spec: OpSpec, args: Sequence[Any]) -> None:
     sizes = args[-1]
     for i, size in enumerate(sizes):
@@ -179,6 +186,19 @@ def _check_write_sizes(spec: OpSpec, args: Sequence[Any]) -> None:
             raise InvalidArgumentError(
                 f"{spec.method}: argument 'write_sizes'[{i}]: expected a size >= 0, got {size}"
             )
+    if len(sizes) > MAX_OUTPUTS or sum(sizes) > MAX_OUTPUT_BYTES:
+        raise InvalidArgumentError(
+            f"{spec.method}: argument 'write_sizes': expected at most {MAX_OUTPUTS} buffers of "
+            f"{MAX_OUTPUT_BYTES} bytes in all, got {len(sizes)} buffers of {sum(sizes)} bytes"
+        )
+
+
+def _check_nr_outputs(spec: OpSpec, args: Sequence[Any]) -> None:
+    count = args[-1]
+    if not 0 <= count <= MAX_OUTPUTS:
+        raise InvalidArgumentError(
+            f"{spec.method}: argument 'nr_outputs': expected 0..{MAX_OUTPUTS}, got {count}"
+        )
 
 
 _SPECS: list[OpSpec] = [
@@ -335,6 +355,7 @@ _SPECS: list[OpSpec] = [
         (Param("args", Kind.BYTES_LIST), Param("nr_outputs", Kind.INT)),
         (Param("outputs", Kind.BYTES_LIST),),
         "An OpenCV operation (opaque arguments).",
+        _check_nr_outputs,
     ),
     OpSpec(Op.MODEL_LOAD, None, "model_load", (_model(),), (), "Load a model (e.g. ONNX)."),
     OpSpec(Op.MODEL_UNLOAD, None, "model_unload", (_model(),), (), "Unload a model."),

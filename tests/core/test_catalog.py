@@ -140,6 +140,11 @@ BAD_CALLS = [
     ),
     ("exec", ("lib.so", "f", [b"x"], [-1]), "exec: argument 'write_sizes'[0]: expected a size"),
     ("genop", ("opencv", [b"x"]), "opencv: missing argument 'nr_outputs'"),
+    ("opencv", ([b"x"], 10**10), "opencv: argument 'nr_outputs': expected 0..4096, got"),
+    ("opencv", ([b"x"], -1), "opencv: argument 'nr_outputs': expected 0..4096, got -1"),
+    ("exec", ("lib.so", "f", [], [8 << 30]),
+     "exec: argument 'write_sizes': expected at most 4096 buffers of 1073741824 bytes in all"),
+    ("exec_with_resource", (None, "f", [], [1] * 5000), "exec_with_resource: argument"),
     ("genop", ("detect", PNG_1PX, 1), "detect: expected at most 1 arguments, got 2"),
     ("fpga_arraycopy", (["a", "b"],), "fpga_arraycopy: argument 'a': expected an array of int32"),
 ]
