@@ -1,6 +1,6 @@
 """Per-session run folders: where the jetson backend writes its output images.
 
-Layout: ``<base>/vaccel-<pid>/session.<id>/``, with ``<base>`` from ``VACCEL_RUNDIR`` (or
+Layout: ``<base>/vaccel-<pid>-<random>/session.<id>/``, with ``<base>`` from ``VACCEL_RUNDIR`` (or
 ``--vaccel-config rundir=...``), else the system temporary folder. Folders are private
 (mode 0700) and created with the session's first output image, so sessions that never write
 one leave nothing on disk. A session's folder is removed when the session is released, unless
@@ -26,7 +26,13 @@ class RunDirs:
 
     def __init__(self, base: str | os.PathLike[str] | None, *, keep: bool) -> None:
         root = Path(base) if base else Path(tempfile.gettempdir())
-        self.process_dir = root / f"vaccel-{os.getpid()}"
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # A fresh, unpredictable, owner-only folder: nobody can have prepared it (or a
+            # symlink in its place) in a shared temp folder before us.
+            self.process_dir = Path(tempfile.mkdtemp(prefix=f"vaccel-{os.getpid()}-", dir=root))
+        except OSError as exc:
+            raise BackendError(f"jetson: cannot create a run folder in {root}: {exc}") from exc
         self.keep = keep
         self._open: set[int] = set()
         self._dirs: dict[int, Path] = {}
@@ -53,8 +59,7 @@ class RunDirs:
                 raise BackendError(f"jetson: session {session_id} is released: no run folder")
             path = self.path_for(session_id)
             try:
-                self.process_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                path.mkdir(mode=0o700, exist_ok=True)
+                path.mkdir(mode=0o700)
             except OSError as exc:
                 raise BackendError(f"jetson: cannot create run folder {path}: {exc}") from exc
             self._dirs[session_id] = path
