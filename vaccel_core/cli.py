@@ -128,7 +128,7 @@ def _noop_op() -> Any:
 
 def cmd_models(args: argparse.Namespace) -> int:
     try:
-        from vaccel_plugins.onnxruntime import cli as models_cli  # type: ignore[attr-defined]
+        from vaccel_plugins.onnxruntime import cli as models_cli
     except ImportError as exc:
         print(f"vaccel models: the onnxruntime backend is not available: {exc}", file=sys.stderr)
         return 1
