@@ -9,12 +9,14 @@ is an error. The file is removed when the listener stops.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from vaccel_core import hookimpl
 from vaccel_core.errors import InvalidArgumentError, RemoteError
@@ -22,6 +24,8 @@ from vaccel_core.transport import Address, Channel, Handler, Listener, Transport
 
 #: Longest unix socket path the kernel takes (sun_path is 108 bytes with the final NUL).
 MAX_PATH_BYTES = 107
+
+T = TypeVar("T")
 
 
 def socket_path(address: Address) -> Path:
@@ -42,24 +46,62 @@ def socket_path(address: Address) -> Path:
     return path
 
 
-def _check_stale(path: Path) -> None:
-    """Remove a socket file nobody listens on; refuse a live one or a non-socket."""
+def _check_stale(path: Path, address: str, kind: int = socket.SOCK_STREAM) -> None:
+    """Remove a socket file nobody listens on; refuse a live one or a non-socket. ``kind``
+    is the socket type to probe with; a listener of another type counts as live."""
     try:
         st = path.lstat()
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise RemoteError(f"cannot listen on unix://{path}: the path exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raise RemoteError(f"cannot listen on {address}: the path exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, kind)
     probe.settimeout(1.0)
     try:
         probe.connect(str(path))
-    except OSError:
-        path.unlink(missing_ok=True)  # stale: its agent is gone
-        return
+    except OSError as exc:
+        if exc.errno != errno.EPROTOTYPE:  # EPROTOTYPE: alive, with another socket type
+            path.unlink(missing_ok=True)  # stale: its agent is gone
+            return
     finally:
         probe.close()
-    raise RemoteError(f"cannot listen on unix://{path}: another process is listening there")
+    raise RemoteError(f"cannot listen on {address}: another process is listening there")
+
+
+def listen_at(
+    path: Path,
+    address: str,
+    mode: int,
+    bind: Callable[[str], T],
+    undo: Callable[[T], None],
+    kind: int = socket.SOCK_STREAM,
+) -> T:
+    """Create a listening unix socket at ``path`` with ``mode`` and no window in which it has
+    another mode: check the folder, replace a stale socket (refuse a live one, see
+    :func:`_check_stale`), then ``bind(staging_path)`` inside a private folder beside
+    ``path``, give the socket its mode and rename it into place. ``undo`` gets what ``bind``
+    returned when that last step fails. ``address`` names the listener in errors."""
+    if not path.parent.is_dir():
+        raise RemoteError(f"cannot listen on {address}: folder {path.parent} does not exist")
+    _check_stale(path, address, kind)
+    # Bound here first (same folder, so the rename stays atomic; a short name, so the
+    # staging path fits wherever the final one does, give or take two bytes).
+    private = Path(tempfile.mkdtemp(prefix=".v", dir=path.parent))
+    staging = private / "s"
+    try:
+        bound = bind(str(staging))
+        try:
+            os.chmod(staging, mode)
+            os.rename(staging, path)
+        except BaseException:
+            undo(bound)
+            raise
+    finally:
+        with contextlib.suppress(OSError):
+            staging.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            private.rmdir()
+    return bound
 
 
 class UnixTransport(Transport):
@@ -88,41 +130,25 @@ class UnixTransport(Transport):
         from .grpc_transport import serve
 
         path = socket_path(address)
-        if not path.parent.is_dir():
-            raise RemoteError(
-                f"cannot listen on unix://{path}: folder {path.parent} does not exist"
-            )
-        _check_stale(path)
-        # Bound here first (same folder, so the rename stays atomic; a short name, so the
-        # staging path fits wherever the final one does, give or take two bytes).
-        private = Path(tempfile.mkdtemp(prefix=".v", dir=path.parent))
-        staging = private / "s"
 
         def remove_socket() -> None:
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(path.lstat().st_mode):
                     path.unlink()
 
-        try:
-            listener = serve(
+        return listen_at(
+            path,
+            f"unix://{path}",
+            options.unix_socket_mode,
+            lambda staging: serve(
                 f"unix:{staging}",
                 lambda _port: f"unix://{path}",
                 handler,
                 options,
                 on_stopped=remove_socket,
-            )
-            try:
-                os.chmod(staging, options.unix_socket_mode)
-                os.rename(staging, path)
-            except BaseException:
-                listener.stop(0)
-                raise
-        finally:
-            with contextlib.suppress(OSError):
-                staging.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                private.rmdir()
-        return listener
+            ),
+            lambda listener: listener.stop(0),
+        )
 
 
 @hookimpl

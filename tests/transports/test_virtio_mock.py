@@ -179,6 +179,61 @@ def test_full_queue_times_out_with_a_clear_error(server: EchoServer) -> None:
         assert bytes(echo(ch, b"x", b"buffer").payload) == b"x"  # usable again
 
 
+def test_request_too_large_for_the_shared_memory_never_waits_for_space(
+    server: EchoServer,
+) -> None:
+    with connect(server.address, virtio_mock_memory_bytes=16 << 20) as ch:
+        # Half the memory: the reply area shrinks so that the request fits, and the large
+        # reply comes by NEED_SPACE/FETCH.
+        half = np.random.default_rng(1).integers(0, 255, 8 << 20, dtype=np.uint8)
+        started = time.monotonic()
+        reply = ch.call("echo", Message(b"half", [half]), 10)
+        assert time.monotonic() - started < 2
+        assert np.array_equal(np.frombuffer(reply.buffers[0], np.uint8), half)
+        del reply
+        # More than the data area can ever hold: an error at once, not at the deadline.
+        for bufs in ([bytes(15 << 20)], [ch.alloc(8 << 20)]):  # copied in / held in place
+            started = time.monotonic()
+            with pytest.raises(CallError) as err:
+                ch.call("echo", Message(b"big", bufs), 10)
+            assert time.monotonic() - started < 0.5
+            assert err.value.status == "RESOURCE_EXHAUSTED" and err.value.code == errno.ENOMEM
+            assert re.search(
+                r"^echo: needs \d+ bytes of shared memory \(\d+ for the request, \d+ for the "
+                r"reply area\), more than the \d+ bytes the data area has for such requests"
+                r".*; raise virtio_mock_memory_bytes "
+                r"\(now 16777216\)$",
+                err.value.message,
+            ), err.value.message
+        assert "8388608 of them held by the request's shared-memory buffers" in err.value.message
+        assert bytes(echo(ch).payload) == b"ping"  # usable again
+
+
+def test_fast_path_completes_through_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transports.virtio_mock.device import Device, VirtioMockListener
+
+    from .echo_server import EchoHandler
+
+    completed: list[tuple[int, int]] = []
+    real = Device._complete
+
+    def complete(self: Device, head: int, length: int) -> None:
+        completed.append((head, length))
+        real(self, head, length)
+
+    monkeypatch.setattr(Device, "_complete", complete)
+    address = Address.parse(f"virtio-mock://{tmp_path / 'vm.ctl'}")
+    listener = VirtioMockListener(address, EchoHandler(), TransportOptions())
+    try:
+        with connect(str(address)) as ch:
+            assert bytes(echo(ch, b"fast").payload) == b"fast"  # one slot: the fast path
+        assert len(completed) == 1 and completed[0][1] > 0
+    finally:
+        listener.stop(1)
+
+
 def test_deadline_while_the_device_works(server: EchoServer) -> None:
     with connect(server.address) as ch:
         with pytest.raises(CallError) as err:

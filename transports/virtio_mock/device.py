@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,8 @@ from vaccel_core.transport import (
     TransportOptions,
 )
 
+from .._accept import accept_loop
+from ..unix import listen_at
 from .layout import (
     DESC,
     VRING_DESC_F_INDIRECT,
@@ -566,11 +569,7 @@ class Device:
                 payload.release()
             except BufferError:
                 self._release([payload])  # logs that the handler kept a view
-        ring = self.ring
-        ring.set_used_entry(self._used_idx, head, written)  # the element first ...
-        self._used_idx = idx = (self._used_idx + 1) & 0xFFFF
-        ring.set_used_idx(idx)  # ... then the index
-        os.eventfd_write(self.s.call, 1)
+        self._complete(head, written)
         return True
 
     def _serve_chain(self, head: int) -> None:
@@ -746,15 +745,27 @@ class VirtioMockListener(Listener):
         self._devices: list[Device] = []
         self._lock = threading.Lock()
         self._stopped = False
-        _claim_path(self.path, self.address)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        try:
-            self._sock.bind(self.path)
-            os.chmod(self.path, options.unix_socket_mode)
+
+        def bind(staging: str) -> None:
+            self._sock.bind(staging)
             self._sock.listen(64)
+
+        try:
+            listen_at(
+                Path(self.path),
+                self.address,
+                options.unix_socket_mode,
+                bind,
+                lambda _: None,
+                socket.SOCK_SEQPACKET,
+            )
         except OSError as exc:
             self._sock.close()
             raise RemoteError(f"cannot listen on {self.address}: {exc}") from exc
+        except BaseException:
+            self._sock.close()
+            raise
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
         self._thread = threading.Thread(
             target=self._accept_loop, name=f"virtio-mock accept {self.path}", daemon=True
@@ -762,25 +773,14 @@ class VirtioMockListener(Listener):
         self._thread.start()
 
     def _accept_loop(self) -> None:
-        poller = select.poll()
-        poller.register(self._sock.fileno(), select.POLLIN)
-        poller.register(self._stop_fd, select.POLLIN)
-        while True:
-            events = dict(poller.poll())
-            if self._stop_fd in events:
-                return
-            try:
-                conn, _ = self._sock.accept()
-            except OSError as exc:
-                if self._stopped:
-                    return
-                logger.warning("virtio-mock %s: accept failed: %s", self.address, exc)
-                continue
-            device = Device(conn, self.handler, self.options, self._stop_fd, self.address)
-            with self._lock:
-                self._devices = [d for d in self._devices if d.thread.is_alive()]
-                self._devices.append(device)
-            device.thread.start()
+        accept_loop(self._sock, self._stop_fd, self._start_device, f"virtio-mock {self.address}")
+
+    def _start_device(self, conn: socket.socket) -> None:
+        device = Device(conn, self.handler, self.options, self._stop_fd, self.address)
+        with self._lock:
+            self._devices = [d for d in self._devices if d.thread.is_alive()]
+            self._devices.append(device)
+        device.thread.start()
 
     @property
     def devices(self) -> list[Device]:
@@ -800,23 +800,3 @@ class VirtioMockListener(Listener):
         for device in self.devices:
             device.thread.join(max(0.0, deadline - time.monotonic()))
         os.close(self._stop_fd)
-
-
-def _claim_path(path: str, address: str) -> None:
-    """Remove a stale control socket at ``path``; refuse one that is alive or not a socket."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise RemoteError(f"cannot listen on {address}: {path!r} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)  # stale: nobody answers
-        return
-    finally:
-        probe.close()
-    raise RemoteError(f"cannot listen on {address}: another process is serving {path!r}")

@@ -46,7 +46,7 @@ from .layout import (
     RingLayout,
     SplitRing,
 )
-from .memory import Allocator, OutOfSharedMemory
+from .memory import ALLOC_ALIGN, Allocator, OutOfSharedMemory, block_size
 from .protocol import (
     KIND_CALL,
     KIND_FETCH,
@@ -98,6 +98,7 @@ class _InFlight:
     reply: int  # offset of the writable reply descriptor (header, then data)
     reply_len: int
     slot: int = -1
+    held: int = 0  # shared memory the request's zero-copy buffers hold during the call
     abandoned: bool = False
     result: int | None = None  # bytes the device wrote, once complete
 
@@ -186,6 +187,8 @@ class VirtioMockChannel(Channel):
         self.allocator = Allocator(self.data_start, self.memory_bytes)
         # Slots: descriptors 2i (request, readable) and 2i+1 (reply, writable), fixed blocks.
         self._slot_base = self.allocator.alloc(self._nslots * SLOT_BYTES)
+        #: Where the blocks of general chains (and of alloc()) lie: after the slots.
+        self._chain_start = self._slot_base + block_size(self._nslots * SLOT_BYTES)
         self._free_slots = list(range(self._nslots - 1, -1, -1))
         self._slot_records = [
             _InFlight(
@@ -323,7 +326,9 @@ class VirtioMockChannel(Channel):
                 code=errno.ENOMEM,
             )
         reply_len = REPLY_HEADER_BYTES + max(self.reply_bytes, align(total) + self.reply_bytes)
-        rec = self._submit(method, first, bufs, reply_len, deadline)
+        rec = self._submit(
+            method, first, bufs, reply_len, deadline, REPLY_HEADER_BYTES + self.reply_bytes
+        )
         return self._finish(method, rec, self._wait(method, rec, deadline), deadline)
 
     def _call_small(self, method: str, first: bytes, deadline: float | None) -> Message | None:
@@ -378,7 +383,13 @@ class VirtioMockChannel(Channel):
         bufs: list[memoryview],
         reply_len: int,
         deadline: float | None,
+        min_reply_len: int | None = None,
+        held: int = 0,
     ) -> _InFlight:
+        """Place a general chain (waiting for descriptors and shared memory until
+        ``deadline``) with a reply area of ``reply_len`` bytes, or of ``min_reply_len`` when
+        the request and ``reply_len`` could never fit together (a larger reply then comes by
+        NEED_SPACE and FETCH). ``held``: shared memory the caller's buffers keep meanwhile."""
         ndesc = 2 + len(bufs)
         if ndesc > self.queue_size - 2 * self._nslots:
             raise CallError(
@@ -391,6 +402,8 @@ class VirtioMockChannel(Channel):
         req_bytes = align(len(first)) + sum(
             align(b.nbytes) for b, z in zip(bufs, zero_copy, strict=True) if z is None
         )
+        held += self._held_bytes(bufs, zero_copy)
+        reply_len = self._fit(method, req_bytes, reply_len, min_reply_len, held)
         while True:
             with self._lock:
                 self._check_usable()
@@ -419,9 +432,46 @@ class VirtioMockChannel(Channel):
                 )
             else:
                 self.ring.write_desc(descs[i], addr, length, flags, 0)
-        rec = _InFlight(descs[0], descs, block, reply, reply_len)
+        rec = _InFlight(descs[0], descs, block, reply, reply_len, held=held)
         self._publish(rec)
         return rec
+
+    def _held_bytes(self, bufs: list[memoryview], zero_copy: list[int | None]) -> int:
+        """The least shared memory the blocks under the zero-copy buffers ``bufs`` occupy."""
+        spans = sorted(
+            (max(z & ~(ALLOC_ALIGN - 1), self._chain_start), align(z + b.nbytes, ALLOC_ALIGN))
+            for b, z in zip(bufs, zero_copy, strict=True)
+            if z is not None
+        )
+        total, end = 0, 0
+        for lo, hi in spans:
+            lo = max(lo, end)
+            if hi > lo:
+                total += hi - lo
+                end = hi
+        return total
+
+    def _fit(
+        self, method: str, req_bytes: int, reply_len: int, min_reply_len: int | None, held: int
+    ) -> int:
+        """The reply area to ask for: ``reply_len``, else ``min_reply_len``, whichever can fit
+        beside the request in the data area (with ``held`` bytes taken); an error at once when
+        neither can, rather than waiting for space that never comes."""
+        room = self.memory_bytes - self._chain_start - held - block_size(req_bytes)
+        if block_size(reply_len) <= room:
+            return reply_len
+        if min_reply_len is not None and block_size(min_reply_len) <= room:
+            return min_reply_len
+        least = reply_len if min_reply_len is None else min_reply_len
+        kept = f", {held} of them held by the request's shared-memory buffers" if held else ""
+        raise CallError(
+            "RESOURCE_EXHAUSTED",
+            f"{method}: needs {block_size(req_bytes) + block_size(least)} bytes of shared "
+            f"memory ({req_bytes} for the request, {least} for the reply area), more than the "
+            f"{self.memory_bytes - self._chain_start} bytes the data area has for such "
+            f"requests{kept}; raise virtio_mock_memory_bytes (now {self.memory_bytes})",
+            code=errno.ENOMEM,
+        )
 
     def _try_reserve(
         self, ndesc: int, req_bytes: int, reply_len: int
@@ -617,7 +667,7 @@ class VirtioMockChannel(Channel):
         if reply.kind == REPLY_NEED_SPACE:
             with self._lock:
                 self._release(rec)
-            return self._fetch(method, reply.token, total, deadline)
+            return self._fetch(method, reply.token, total, deadline, rec.held)
         data = rec.reply + REPLY_HEADER_BYTES
         payload = self.mem[data : data + reply.payload_len]  # mmap slices are copies
         if is_slot or not reply.buffer_lens:
@@ -639,7 +689,9 @@ class VirtioMockChannel(Channel):
         )
         return Message(payload, buffers)
 
-    def _fetch(self, method: str, token: int, total: int, deadline: float | None) -> Message:
+    def _fetch(
+        self, method: str, token: int, total: int, deadline: float | None, held: int = 0
+    ) -> Message:
         """Collect a reply the device kept because it did not fit (see protocol)."""
         if total > self.max_message_bytes:
             raise CallError(
@@ -649,7 +701,9 @@ class VirtioMockChannel(Channel):
                 code=errno.ENOMEM,
             )
         first = pack_request(KIND_FETCH, method, 0, b"", token)
-        rec = self._submit(method, first, [], REPLY_HEADER_BYTES + max(total, 1), deadline)
+        rec = self._submit(
+            method, first, [], REPLY_HEADER_BYTES + max(total, 1), deadline, held=held
+        )
         return self._finish(method, rec, self._wait(method, rec, deadline), deadline)
 
     # Errors and state -----------------------------------------------------------------------

@@ -8,6 +8,11 @@ import threading
 ALLOC_ALIGN = 64
 
 
+def block_size(nbytes: int) -> int:
+    """The size of the block :meth:`Allocator.alloc` hands out for ``nbytes``."""
+    return max(ALLOC_ALIGN, (nbytes + ALLOC_ALIGN - 1) & ~(ALLOC_ALIGN - 1))
+
+
 class OutOfSharedMemory(Exception):
     """No free block is large enough right now."""
 
@@ -42,7 +47,7 @@ class Allocator:
 
     def alloc(self, nbytes: int) -> int:
         """Offset of a new block of at least ``nbytes`` (>= 1); raises OutOfSharedMemory."""
-        size = max(ALLOC_ALIGN, (nbytes + ALLOC_ALIGN - 1) & ~(ALLOC_ALIGN - 1))
+        size = block_size(nbytes)
         with self._lock:
             for i, off in enumerate(self._offsets):
                 free = self._sizes[off]

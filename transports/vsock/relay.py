@@ -10,12 +10,13 @@ Dragonball) needs, since there the guest's vsock connection arrives on a host un
 from __future__ import annotations
 
 import contextlib
-import select
 import socket
 import threading
 from collections.abc import Callable
 
 from vaccel_core.log import logger
+
+from .._accept import accept_loop
 
 CHUNK = 1 << 20
 
@@ -91,29 +92,20 @@ class Relay:
         self._thread.start()
 
     def _accept_loop(self) -> None:
-        poller = select.poll()
-        poller.register(self.listening.fileno(), select.POLLIN)
-        poller.register(self._stop_r.fileno(), select.POLLIN)
-        while True:
-            ready = [fd for fd, _ in poller.poll()]
-            if self._stop_r.fileno() in ready:
-                return
-            try:
-                conn, _ = self.listening.accept()
-            except OSError as exc:
-                logger.debug("%s: accept failed: %s", self.name, exc)
-                continue
-            try:
-                other = self.dial()
-            except OSError as exc:
-                self.last_error = exc
-                logger.warning("%s: cannot reach the other side: %s", self.name, exc)
-                conn.close()
-                continue
-            self.last_error = None
-            with self._lock:
-                self.pairs = [p for p in self.pairs if not p.closed.is_set()]
-                self.pairs.append(Pair(conn, other, self.name))
+        accept_loop(self.listening, self._stop_r.fileno(), self._relay, self.name)
+
+    def _relay(self, conn: socket.socket) -> None:
+        try:
+            other = self.dial()
+        except OSError as exc:
+            self.last_error = exc
+            logger.warning("%s: cannot reach the other side: %s", self.name, exc)
+            conn.close()
+            return
+        self.last_error = None
+        with self._lock:
+            self.pairs = [p for p in self.pairs if not p.closed.is_set()]
+            self.pairs.append(Pair(conn, other, self.name))
 
     def stop_accepting(self, timeout: float = 2.0) -> None:
         """Accept no more connections (relayed ones go on)."""
