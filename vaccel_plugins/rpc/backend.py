@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from vaccel_core.backend import Backend
 from vaccel_core.errors import (
     InvalidArgumentError,
+    NotFoundError,
     RemoteError,
     SessionError,
     VaccelError,
@@ -48,6 +49,18 @@ if TYPE_CHECKING:
     from vaccel_core.session import Session
 
 logger = _vaccel_logger.getChild("rpc")
+
+
+def _unreadable(resource: Resource, file: ResourceFile, exc: Exception) -> NotFoundError:
+    """A resource file that went away (or became unreadable) after the Resource was made."""
+    if isinstance(exc, VaccelError) and isinstance(exc.__cause__, OSError):
+        exc = exc.__cause__
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return NotFoundError(
+        f"register resource: resource {resource.id}: file {file.name!r} ('{file.path}') "
+        f"cannot be read: {reason}"
+    )
+
 
 #: Size of one blob upload chunk.
 BLOB_CHUNK = 16 << 20
@@ -261,7 +274,10 @@ class RpcBackend(Backend):
             session_id=remote.session_id, type=int(resource.type)
         )
         for index, f in enumerate(resource.files):
-            request.files.add(name=f.name, sha256=resource.sha256(index), size=f.size)
+            try:
+                request.files.add(name=f.name, sha256=resource.sha256(index), size=f.size)
+            except (OSError, NotFoundError) as exc:
+                raise _unreadable(resource, f, exc) from exc
         for attempt in range(2):
             reply, _ = self._call(
                 remote.channel,
@@ -279,13 +295,13 @@ class RpcBackend(Backend):
                     digest = resource.sha256(index)
                     if digest in missing:
                         missing.discard(digest)
-                        self._upload(remote, digest, f)
+                        self._upload(remote, digest, f, resource)
         raise RemoteError(
             f"register resource: the agent at {remote.address} still lacks blobs "
             f"{', '.join(reply.missing_blobs)} after they were uploaded"
         )
 
-    def _upload(self, remote: _Remote, digest: str, file: ResourceFile) -> None:
+    def _upload(self, remote: _Remote, digest: str, file: ResourceFile, resource: Resource) -> None:
         """Send one file as a blob, in chunks (read from disk one chunk at a time)."""
         chunk = max(1, min(BLOB_CHUNK, self.max_message_bytes // 2))
         with contextlib.ExitStack() as stack:
@@ -298,11 +314,17 @@ class RpcBackend(Backend):
 
             else:
                 assert file.path is not None
-                fh = stack.enter_context(open(file.path, "rb"))
-                size = os.fstat(fh.fileno()).st_size
+                try:
+                    fh = stack.enter_context(open(file.path, "rb"))
+                    size = os.fstat(fh.fileno()).st_size
+                except OSError as exc:
+                    raise _unreadable(resource, file, exc) from exc
 
                 def read(offset: int) -> Buffer:
-                    return fh.read(chunk)
+                    try:
+                        return fh.read(chunk)
+                    except OSError as exc:
+                        raise _unreadable(resource, file, exc) from exc
 
             self._send_blob(remote, digest, size, read)
 

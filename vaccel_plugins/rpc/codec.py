@@ -10,6 +10,7 @@ their index; the receiver builds numpy arrays over the received buffer with ``np
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -24,6 +25,8 @@ from vaccel_core.transport import Buffer
 INLINE_LIMIT = 64 * 1024
 
 _NUMERIC_KINDS = frozenset("biufc")
+#: Most dimensions numpy supports in every version (numpy 1 allows 32, numpy 2 allows 64).
+_MAX_DIMS = 32
 
 
 def camel(name: str) -> str:
@@ -149,15 +152,20 @@ class Decoder:
     def tensor(self, msg: Any, name: str) -> np.ndarray:
         try:
             dtype = np.dtype(msg.dtype)
-        except TypeError:
+        except (TypeError, ValueError):
             raise self._fail(name, f"unknown tensor dtype {msg.dtype!r}") from None
         if dtype.kind not in _NUMERIC_KINDS and dtype.kind != "b":
             raise self._fail(name, f"expected a numeric tensor dtype, got {msg.dtype!r}")
         shape = tuple(int(d) for d in msg.shape)
         if any(d < 0 for d in shape):
             raise self._fail(name, f"negative dimension in tensor shape {shape}")
+        if len(shape) > _MAX_DIMS:
+            raise self._fail(
+                name, f"expected a tensor of at most {_MAX_DIMS} dimensions, got {len(shape)}"
+            )
         raw = self._bytes(msg, name, msg.WhichOneof("data"))
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        # Python ints: a product of int64 would wrap (2**32 * 2**32 -> 0) and pass the check.
+        count = math.prod(shape)
         expected = count * dtype.itemsize
         got = memoryview(raw).nbytes
         if got != expected:
@@ -165,7 +173,12 @@ class Decoder:
                 name,
                 f"tensor data has {got} bytes, expected {expected} for {dtype.name} shape {shape}",
             )
-        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+        try:
+            return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+        except ValueError as exc:
+            raise self._fail(
+                name, f"cannot build a {dtype.name} tensor of shape {shape}: {exc}"
+            ) from None
 
     def value(self, msg: Any, param: Param, resource: Callable[[int], Any] | None = None) -> Any:
         kind, name = param.kind, param.name
