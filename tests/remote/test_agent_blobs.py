@@ -181,3 +181,42 @@ def test_chunks_are_not_written_under_the_store_lock(
         release.set()
         slow.join(10)
     assert service.blobs.has(slow_digest)
+
+
+def test_rpc_client_stops_uploading_a_blob_another_client_completed(tmp_path: Any) -> None:
+    from agent.server import Agent
+    from vaccel_plugins.rpc.backend import RpcBackend
+
+    from .conftest import RawClient, remote_session
+
+    data, digest = blob(10_000, 5)
+    with Agent([f"unix://{tmp_path / 'a.sock'}"], config=Config(plugins=["noop"])) as agent:
+        address = agent.bound_addresses[0]
+        other = RawClient(address)
+        try:
+            req = other.pb.PutBlobRequest(sha256=digest, size=len(data), offset=0)
+            req.data.inline = data
+            assert other.call("PutBlob", req, other.pb.PutBlobResponse).complete
+            with remote_session(address) as session:
+                backend = session.backends[0]
+                assert isinstance(backend, RpcBackend)
+                calls: list[str] = []
+                real_call = backend._call
+
+                def counting_call(
+                    channel: Any, address: str, method: str, *a: Any, **k: Any
+                ) -> Any:
+                    calls.append(method)
+                    return real_call(channel, address, method, *a, **k)
+
+                backend._call = counting_call  # type: ignore[method-assign]
+                view = memoryview(data)
+                backend._send_blob(
+                    backend._remotes[session.id],
+                    digest,
+                    len(data),
+                    lambda offset: view[offset : offset + 1000],
+                )
+                assert calls == ["PutBlob"], "no further chunks once the agent has the blob"
+        finally:
+            other.close()

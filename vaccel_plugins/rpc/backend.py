@@ -352,6 +352,10 @@ class RpcBackend(Backend):
                 reply_type=self.pb.PutBlobResponse,
             )
             offset += len(piece)
+            if reply.complete and reply.received == size and offset < size:
+                # Another client finished uploading the same blob first: nothing more to send.
+                logger.debug("blob %s completed by another upload", digest[:12])
+                return
             if offset >= size:
                 if not reply.complete:
                     raise RemoteError(
