@@ -30,8 +30,8 @@ from transports.virtio_mock.layout import (
     VRING_DESC_F_WRITE,
 )
 from transports.virtio_mock.protocol import KIND_CALL, pack_request, recv_control, send_control
-from vaccel_core.errors import RemoteError
-from vaccel_core.transport import Address, CallError, Message, TransportOptions
+from vaccel_core.errors import BackendError, NotFoundError, RemoteError, VaccelError
+from vaccel_core.transport import Address, CallError, Message, TransportOptions, status_for
 
 from .conftest import REPO, EchoServer, clean_env
 
@@ -230,6 +230,38 @@ def test_fast_path_completes_through_complete(
         with connect(str(address)) as ch:
             assert bytes(echo(ch, b"fast").payload) == b"fast"  # one slot: the fast path
         assert len(completed) == 1 and completed[0][1] > 0
+    finally:
+        listener.stop(1)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        NotFoundError("gone"),
+        BackendError("backend broke"),  # EPROTO
+        VaccelError("timed out", code=errno.ETIMEDOUT),
+        VaccelError("odd", code=errno.EPERM),
+        CallError("ABORTED", "stopped", code=errno.ECANCELED),
+    ],
+)
+def test_handler_errors_get_the_status_every_transport_gives(
+    tmp_path: Path, exc: VaccelError
+) -> None:
+    from transports.virtio_mock.device import VirtioMockListener
+
+    from .echo_server import EchoHandler
+
+    class Raising(EchoHandler):
+        def handle(self, method: str, request: Message, peer: Any) -> Message:
+            raise exc
+
+    address = Address.parse(f"virtio-mock://{tmp_path / 'vm.ctl'}")
+    listener = VirtioMockListener(address, Raising(), TransportOptions())
+    try:
+        with connect(str(address)) as ch, pytest.raises(CallError) as err:
+            ch.call("raise", Message(b""), 5)
+        assert (err.value.status, err.value.code) == (status_for(exc), exc.code)
+        assert err.value.message == exc.message
     finally:
         listener.stop(1)
 

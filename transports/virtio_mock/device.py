@@ -32,24 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from vaccel_core.errors import (
-    InvalidArgumentError,
-    NotFoundError,
-    NotSupportedError,
-    OutOfMemoryError,
-    RemoteError,
-    SessionError,
-    VaccelError,
-)
+from vaccel_core.errors import RemoteError, VaccelError
 from vaccel_core.log import logger
 from vaccel_core.transport import (
     Address,
-    CallError,
     Handler,
     Listener,
     Message,
     Peer,
     TransportOptions,
+    status_for,
 )
 
 from .._accept import accept_loop
@@ -88,27 +80,10 @@ from .protocol import (
 SETUP_TIMEOUT = 10.0
 MAX_PENDING_REPLIES = 64
 _BAD_FLAGS = ~(VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) & 0xFFFF
-_STATUS_OF: list[tuple[type[VaccelError], str]] = [
-    (InvalidArgumentError, "INVALID_ARGUMENT"),
-    (NotFoundError, "NOT_FOUND"),
-    (NotSupportedError, "UNIMPLEMENTED"),
-    (OutOfMemoryError, "RESOURCE_EXHAUSTED"),
-    (SessionError, "FAILED_PRECONDITION"),
-    (RemoteError, "UNAVAILABLE"),
-]
 
 
 class ChainError(Exception):
     """A descriptor chain the device refuses (the guest gets an error completion)."""
-
-
-def status_of(exc: VaccelError) -> str:
-    if isinstance(exc, CallError):
-        return exc.status
-    for cls, status in _STATUS_OF:
-        if isinstance(exc, cls):
-            return status
-    return "INTERNAL"
 
 
 def _is_eventfd(fd: int) -> bool:
@@ -635,7 +610,7 @@ class Device:
         try:
             return self.handler.handle(method, request, self.peer)
         except VaccelError as exc:
-            return (status_of(exc), exc.message, exc.code)
+            return (status_for(exc), exc.message, exc.code)
         except Exception as exc:
             logger.exception("virtio-mock %s: %s failed", self.where, method)
             return ("INTERNAL", f"{method}: {type(exc).__name__}: {exc}", errno.EIO)
