@@ -183,7 +183,9 @@ def test_chunks_are_not_written_under_the_store_lock(
     assert service.blobs.has(slow_digest)
 
 
-def test_rpc_client_stops_uploading_a_blob_another_client_completed(tmp_path: Any) -> None:
+def test_rpc_client_stops_uploading_a_blob_another_client_completed(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from agent.server import Agent
     from vaccel_plugins.rpc.backend import RpcBackend
 
@@ -209,7 +211,7 @@ def test_rpc_client_stops_uploading_a_blob_another_client_completed(tmp_path: An
                     calls.append(method)
                     return real_call(channel, address, method, *a, **k)
 
-                backend._call = counting_call  # type: ignore[method-assign]
+                monkeypatch.setattr(backend, "_call", counting_call)  # the shared instance
                 view = memoryview(data)
                 backend._send_blob(
                     backend._remotes[session.id],
