@@ -24,7 +24,7 @@ from vaccel_core.transport import DEFAULT_MAX_MESSAGE_BYTES, TransportOptions
 from .blobs import DEFAULT_BLOB_QUOTA_BYTES, DEFAULT_MAX_BLOB_BYTES, parse_size
 
 #: Seconds in-flight calls get to finish on a stop signal (Kata kills the agent after 5 s).
-STOP_GRACE = 3.0
+STOP_GRACE = 2.5
 
 
 def _octal(value: str) -> int:

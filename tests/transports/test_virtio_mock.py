@@ -165,7 +165,12 @@ def test_full_queue_times_out_with_a_clear_error(server: EchoServer) -> None:
             target=lambda: ch.call("sleep", Message(b"1.5", [b"held"]), 10), daemon=True
         )
         slow.start()
-        time.sleep(0.3)
+        # Wait until the slow request really is in the queue (a fixed sleep was flaky under
+        # load), bounded.
+        deadline = time.monotonic() + 5
+        while not ch._inflight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ch._inflight, "the slow request never reached the queue"
         started = time.monotonic()
         with pytest.raises(CallError) as err:
             ch.call("echo", Message(b"x", [b"buffer"]), 0.5)
