@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.catalog_samples import PNG_1PX
 from vaccel_core import (
     Config,
     InvalidArgumentError,
@@ -35,31 +36,6 @@ from .ort_fixtures import (
 )
 
 pytestmark = pytest.mark.timeout(120)
-
-PNG_1PX = bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-    "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
-)
-
-
-@pytest.fixture(scope="module")
-def registry() -> Iterator[PluginRegistry]:
-    """A private registry with only the onnxruntime backend, its default model prebuilt in a
-    private cache folder."""
-    require_ort()
-    from vaccel_plugins.onnxruntime import plugin
-
-    reg = PluginRegistry()
-    reg.register_plugin(plugin, "onnxruntime")
-    yield reg
-    reg.shutdown()
-
-
-@pytest.fixture(scope="module")
-def backend(registry: PluginRegistry) -> OnnxRuntimeBackend:
-    instance = registry.backend("onnxruntime")
-    assert isinstance(instance, OnnxRuntimeBackend)
-    return instance
 
 
 @pytest.fixture(scope="module")

@@ -23,30 +23,12 @@ from vaccel_core import (
 from vaccel_plugins.onnxruntime import inference
 from vaccel_plugins.onnxruntime.backend import OnnxRuntimeBackend, model_key
 
-from .ort_fixtures import require_ort
-
 pytestmark = pytest.mark.timeout(60)
 
+# Every test here builds models with onnx (and runs them through the registry fixture).
+pytest.importorskip("onnx", reason="onnx is not installed (pip install 'pyvaccel[onnx]')")
+
 X = np.array([1.0, 2.0, 3.0], dtype=np.float32)
-
-
-@pytest.fixture(scope="module")
-def registry() -> Iterator[PluginRegistry]:
-    require_ort()
-    pytest.importorskip("onnx", reason="onnx is not installed (pip install 'pyvaccel[onnx]')")
-    from vaccel_plugins.onnxruntime import plugin
-
-    reg = PluginRegistry()
-    reg.register_plugin(plugin, "onnxruntime")
-    yield reg
-    reg.shutdown()
-
-
-@pytest.fixture(scope="module")
-def backend(registry: PluginRegistry) -> OnnxRuntimeBackend:
-    instance = registry.backend("onnxruntime")
-    assert isinstance(instance, OnnxRuntimeBackend)
-    return instance
 
 
 @pytest.fixture
