@@ -9,6 +9,8 @@ from vaccel_core import hookimpl
 from vaccel_core.errors import InvalidArgumentError
 from vaccel_core.transport import Address, Channel, Handler, Listener, Transport, TransportOptions
 
+from . import grpc_missing
+
 
 def split_host_port(address: Address) -> tuple[str, int]:
     """``127.0.0.1:65500`` -> ("127.0.0.1", 65500); ``[::1]:0`` -> ("[::1]", 0)."""
@@ -30,11 +32,7 @@ class TcpTransport(Transport):
 
     @classmethod
     def probe(cls) -> str | None:
-        try:
-            import grpc  # noqa: F401
-        except ImportError:
-            return "grpcio is not installed (pip install 'pyvaccel[remote]')"
-        return None
+        return grpc_missing()
 
     def connect(self, address: Address, options: TransportOptions) -> Channel:
         from .grpc_transport import GrpcChannel

@@ -22,6 +22,8 @@ from vaccel_core import hookimpl
 from vaccel_core.errors import InvalidArgumentError, RemoteError
 from vaccel_core.transport import Address, Channel, Handler, Listener, Transport, TransportOptions
 
+from . import grpc_missing
+
 #: Longest unix socket path the kernel takes (sun_path is 108 bytes with the final NUL).
 MAX_PATH_BYTES = 107
 
@@ -114,11 +116,7 @@ class UnixTransport(Transport):
 
     @classmethod
     def probe(cls) -> str | None:
-        try:
-            import grpc  # noqa: F401
-        except ImportError:
-            return "grpcio is not installed (pip install 'pyvaccel[remote]')"
-        return None
+        return grpc_missing()
 
     def connect(self, address: Address, options: TransportOptions) -> Channel:
         from .grpc_transport import GrpcChannel

@@ -146,3 +146,38 @@ def test_importing_vaccel_core_loads_no_heavy_dependency() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_noop_session_does_not_load_grpc() -> None:
+    """Discovering the gRPC transports looks grpcio up without importing it."""
+    code = (
+        "import sys\n"
+        "from vaccel_core import Config, Session, get_registry\n"
+        "with Session(config=Config(plugins=['noop'])) as s:\n"
+        "    s.noop()\n"
+        "print(sorted(get_registry().transports), 'grpc' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['tcp', 'unix', 'virtio-mock', 'vsock'] False"
+
+
+def test_grpc_transports_report_a_missing_grpcio(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from transports import GRPC_MISSING
+    from transports.tcp import TcpTransport
+    from transports.unix import UnixTransport
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "grpc" else real(name, *a)
+    )
+    assert TcpTransport.probe() == UnixTransport.probe() == GRPC_MISSING
+    assert GRPC_MISSING == "grpcio is not installed (pip install 'pyvaccel[remote]')"

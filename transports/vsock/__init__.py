@@ -12,7 +12,6 @@ listens with ``unix://<uds_path>_2048`` (see :func:`hybrid_agent_address`).
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import shutil
 import socket
@@ -31,6 +30,7 @@ from vaccel_core.transport import (
     TransportOptions,
 )
 
+from .. import grpc_missing
 from .address import (
     CID_ANY,
     CID_HOST,
@@ -99,9 +99,7 @@ class VsockTransport(Transport):
         reason = unavailable_reason()
         if reason is not None:
             return reason
-        if importlib.util.find_spec("grpc") is None:  # the relay's far side speaks gRPC
-            return "grpcio is not installed (pip install 'pyvaccel[remote]')"
-        return None
+        return grpc_missing()  # the relay's far side speaks gRPC
 
     # Sockets (tests replace these two with AF_UNIX stand-ins where no vsock peer exists) ----
     def open_stream(self, target: VsockAddress, timeout: float) -> socket.socket:
