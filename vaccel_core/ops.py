@@ -112,6 +112,12 @@ class OpSpec:
         return self.op.value
 
 
+def classification_tag(confidence: float, label: str) -> str:
+    """Upstream's classification tag, ``"%.3f%% %s"`` of confidence x 100 and the class name:
+    ``classification_tag(0.86768, "golden retriever") == "86.768% golden retriever"``."""
+    return f"{float(confidence) * 100.0:.3f}% {label}"
+
+
 def _image() -> Param:
     return Param("image", Kind.BYTES, "encoded image (JPEG, PNG, ...)")
 

@@ -180,3 +180,10 @@ def test_genop_rejects_unknown_operations() -> None:
             s.genop(99)
         with pytest.raises(InvalidArgumentError, match="expected an operation name or code"):
             s.genop(1.5)
+
+
+def test_classification_tags_follow_upstream_format() -> None:
+    from vaccel_core.ops import classification_tag
+
+    assert classification_tag(0.86768, "golden retriever") == "86.768% golden retriever"
+    assert classification_tag(1, "espresso") == "100.000% espresso"

@@ -22,7 +22,8 @@ from vaccel_core import (
     PluginType,
     Session,
 )
-from vaccel_plugins.jetson.backend import RUN_DIR_META, JetsonBackend, format_tags, setting
+from vaccel_core.ops import classification_tag
+from vaccel_plugins.jetson.backend import RUN_DIR_META, JetsonBackend, setting
 from vaccel_plugins.jetson.networks import KINDS, resolve
 
 from .conftest import png
@@ -89,7 +90,7 @@ def test_classify_tags_follow_upstream_format(make_session: MakeSession):
         tags, imgname = session.classify(png(2))
     assert tags == "86.768% golden retriever"
     assert re.fullmatch(r"\d+\.\d{3}% .+", tags)
-    assert format_tags(0.5, "x") == "50.000% x"
+    assert classification_tag(0.5, "x") == "50.000% x"
     assert imgname.endswith(".jpg")
 
 

@@ -34,6 +34,7 @@ from vaccel_core import Backend, PluginType
 from vaccel_core.config import Config, get_config
 from vaccel_core.errors import BackendError
 from vaccel_core.log import logger
+from vaccel_core.ops import classification_tag
 
 from .images import decode_rgb, to_cuda
 from .networks import KINDS, LoadedNetwork, NetworkCache, NetworkFiles, NetworkKind
@@ -61,11 +62,6 @@ def setting(config: Config, key: str, default: str) -> str:
     if value is None:
         value = os.environ.get(f"VACCEL_{key.upper()}")
     return value if value not in (None, "") else default
-
-
-def format_tags(confidence: float, class_desc: str) -> str:
-    """Upstream's tag format, ``"%.3f%% %s"``: e.g. ``86.768% golden retriever``."""
-    return f"{confidence * 100.0:.3f}% {class_desc}"
 
 
 class JetsonBackend(Backend):
@@ -206,7 +202,7 @@ class JetsonBackend(Backend):
             class_idx, confidence = network.net.Classify(img)
             if class_idx < 0:
                 raise BackendError("jetson classify: imageNet found no class above its threshold")
-            tags = format_tags(confidence, network.net.GetClassDesc(class_idx))
+            tags = classification_tag(confidence, network.net.GetClassDesc(class_idx))
             font = self._font(utils)
             font.OverlayText(img, img.width, img.height, tags, 5, 5, font.White, font.Gray40)
         return tags, self._save(utils, session, "classify", img)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, SupportsIndex
 
 import numpy as np
 
+from vaccel_core.ops import classification_tag
+
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
 
@@ -202,7 +204,7 @@ def top_k(probs: Any, k: int = 5) -> list[tuple[int, float]]:
 
 def format_tag(prob: float, index: SupportsIndex) -> str:
     """Upstream's tag format, e.g. ``format_tag(0.86768, 207) == "86.768% golden retriever"``."""
-    return f"{float(prob) * 100.0:.3f}% {short_name(index)}"
+    return classification_tag(prob, short_name(index))
 
 
 def tags(logits: Any, k: int = 1) -> list[str]:
