@@ -232,6 +232,28 @@ class RawClient:
         self.channel.close()
 
 
+def make_service(**kwargs: Any) -> Any:
+    """The agent service on its own (no transport), serving the noop backend."""
+    from agent.service import AgentService
+
+    return AgentService(Config(plugins=["noop"]), get_registry(), session_ttl=None, **kwargs)
+
+
+@pytest.fixture
+def service() -> Iterator[Any]:
+    svc = make_service()
+    yield svc
+    svc.close()
+
+
+def service_call(
+    svc: Any, method: str, msg: Any, reply_type: Any, peer: Any, buffers: Sequence[Any] = ()
+) -> Any:
+    """One call straight into the service's handler; returns the parsed reply."""
+    reply = svc.handle(method, Message(msg.SerializeToString(), tuple(buffers)), peer)
+    return reply_type.FromString(bytes(reply.payload))
+
+
 def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

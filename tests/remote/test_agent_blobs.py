@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from vaccel_core import Config
-from vaccel_core.plugins import get_registry
 from vaccel_core.transport import CallError, Message, Peer
 
+from .conftest import make_service
+
 pytestmark = pytest.mark.timeout(60)
-
-
-def make_service(**kwargs: Any) -> Any:
-    from agent.service import AgentService
-
-    return AgentService(Config(plugins=["noop"]), get_registry(), session_ttl=None, **kwargs)
-
-
-@pytest.fixture
-def service() -> Iterator[Any]:
-    svc = make_service()
-    yield svc
-    svc.close()
 
 
 def put(svc: Any, peer: Peer, digest: str, size: int, offset: int, chunk: bytes) -> Any:

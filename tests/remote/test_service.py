@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from vaccel_core import Config
-from vaccel_core.plugins import get_registry
-from vaccel_core.transport import CallError, Message, Peer
+from vaccel_core.transport import CallError, Peer
+
+from .conftest import service_call
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def service() -> Iterator[Any]:
-    from agent.service import AgentService
-
-    svc = AgentService(Config(plugins=["noop"]), get_registry(), session_ttl=None)
-    yield svc
-    svc.close()
-
-
-def call(svc: Any, method: str, msg: Any, reply_type: Any, peer: Peer, buffers: Any = ()) -> Any:
-    reply = svc.handle(method, Message(msg.SerializeToString(), tuple(buffers)), peer)
-    return reply_type.FromString(bytes(reply.payload))
 
 
 def test_sessions_of_clients_that_never_attached_are_reaped(service: Any) -> None:
@@ -35,7 +21,9 @@ def test_sessions_of_clients_that_never_attached_are_reaped(service: Any) -> Non
     attached, anonymous = Peer("attached"), Peer("anonymous:ipv4:1.2.3.4:5")
     service.peer_connected(attached)
     for peer in (attached, anonymous):
-        call(service, "CreateSession", pb.CreateSessionRequest(), pb.CreateSessionResponse, peer)
+        service_call(
+            service, "CreateSession", pb.CreateSessionRequest(), pb.CreateSessionResponse, peer
+        )
     assert service.counts()["sessions"] == 2
     assert service.reap(time.monotonic() + 60) == 0
     assert service.reap(time.monotonic() + service.unattached_ttl + 1) == 1
@@ -52,7 +40,7 @@ def test_blob_chunks_must_arrive_in_order_and_match_their_digest(service: Any) -
     def put(offset: int, chunk: bytes) -> Any:
         req = pb.PutBlobRequest(sha256=digest, size=len(data), offset=offset)
         req.data.inline = chunk
-        return call(service, "PutBlob", req, pb.PutBlobResponse, peer)
+        return service_call(service, "PutBlob", req, pb.PutBlobResponse, peer)
 
     assert put(0, data[:100_000]).received == 100_000
     with pytest.raises(CallError, match="expected the chunk at offset 100000, got offset 5"):
@@ -69,18 +57,20 @@ def test_blob_chunks_must_arrive_in_order_and_match_their_digest(service: Any) -
 def test_update_session_keeps_resources(service: Any) -> None:
     pb = service.pb
     peer = Peer("p")
-    sid = call(
+    sid = service_call(
         service, "CreateSession", pb.CreateSessionRequest(), pb.CreateSessionResponse, peer
     ).session_id
     data = b"model"
     digest = hashlib.sha256(data).hexdigest()
     put = pb.PutBlobRequest(sha256=digest, size=len(data), offset=0)
     put.data.inline = data
-    call(service, "PutBlob", put, pb.PutBlobResponse, peer)
+    service_call(service, "PutBlob", put, pb.PutBlobResponse, peer)
     reg = pb.RegisterResourceRequest(session_id=sid, type=2)
     reg.files.add(name="m.onnx", sha256=digest, size=len(data))
-    rid = call(service, "RegisterResource", reg, pb.RegisterResourceResponse, peer).resource_id
-    reply = call(
+    rid = service_call(
+        service, "RegisterResource", reg, pb.RegisterResourceResponse, peer
+    ).resource_id
+    reply = service_call(
         service,
         "UpdateSession",
         pb.UpdateSessionRequest(session_id=sid, flags=0x100),
@@ -90,9 +80,9 @@ def test_update_session_keeps_resources(service: Any) -> None:
     assert list(reply.backends) == ["noop"]
     run = pb.OpRequest(session_id=sid, op="model_load")
     run.model_load.resource = rid
-    call(service, "Run", run, pb.OpResponse, peer)
+    service_call(service, "Run", run, pb.OpResponse, peer)
     assert service.counts()["resources"] == 1
-    call(
+    service_call(
         service,
         "UnregisterResource",
         pb.UnregisterResourceRequest(session_id=sid, resource_id=rid),

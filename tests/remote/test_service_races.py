@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from vaccel_core import Config
-from vaccel_core.plugins import get_registry
 from vaccel_core.resource import Resource
 from vaccel_core.session import Session
-from vaccel_core.transport import CallError, Message, Peer
+from vaccel_core.transport import CallError, Peer
+
+from .conftest import service_call
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def service() -> Iterator[Any]:
-    from agent.service import AgentService
-
-    svc = AgentService(Config(plugins=["noop"]), get_registry(), session_ttl=None)
-    yield svc
-    svc.close()
-
-
-def call(svc: Any, method: str, msg: Any, reply_type: Any, peer: Peer) -> Any:
-    reply = svc.handle(method, Message(msg.SerializeToString()), peer)
-    return reply_type.FromString(bytes(reply.payload))
 
 
 def test_resource_registered_while_its_session_is_released_leaks_nothing(
@@ -37,14 +22,14 @@ def test_resource_registered_while_its_session_is_released_leaks_nothing(
     pb = service.pb
     peer = Peer("p")
     service.peer_connected(peer)
-    sid = call(
+    sid = service_call(
         service, "CreateSession", pb.CreateSessionRequest(), pb.CreateSessionResponse, peer
     ).session_id
     data = b"model bytes"
     digest = hashlib.sha256(data).hexdigest()
     put = pb.PutBlobRequest(sha256=digest, size=len(data), offset=0)
     put.data.inline = data
-    call(service, "PutBlob", put, pb.PutBlobResponse, peer)
+    service_call(service, "PutBlob", put, pb.PutBlobResponse, peer)
 
     real_register = Resource.register
 
@@ -56,7 +41,7 @@ def test_resource_registered_while_its_session_is_released_leaks_nothing(
     reg = pb.RegisterResourceRequest(session_id=sid, type=2)
     reg.files.add(name="m.onnx", sha256=digest, size=len(data))
     with pytest.raises(CallError, match=f"session {sid} not found") as err:
-        call(service, "RegisterResource", reg, pb.RegisterResourceResponse, peer)
+        service_call(service, "RegisterResource", reg, pb.RegisterResourceResponse, peer)
     assert err.value.status == "NOT_FOUND"
     assert service.counts()["sessions"] == 0
     assert service.counts()["resources"] == 0
@@ -80,7 +65,7 @@ def test_session_created_while_the_agent_closes_is_released(
 
     monkeypatch.setattr(service, "_new_session", new_session_then_close)
     with pytest.raises(CallError, match="the agent is stopping") as err:
-        call(
+        service_call(
             service, "CreateSession", pb.CreateSessionRequest(), pb.CreateSessionResponse, Peer("p")
         )
     assert err.value.status == "UNAVAILABLE"
