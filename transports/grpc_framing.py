@@ -9,10 +9,11 @@ frame reads only the leading field-2047 headers and slices the rest (no copy).
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 
 from vaccel_core.errors import InvalidArgumentError
-from vaccel_core.transport import Buffer, Message
+from vaccel_core.transport import Buffer, CallError, Message
 
 #: Field number (wire type 2, length-delimited) that carries out-of-band buffers.
 OOB_FIELD = 2047
@@ -43,6 +44,21 @@ def frame_size(payload_len: int, buffers: Sequence[Buffer]) -> int:
     for buf in buffers:
         n = memoryview(buf).nbytes
         size += len(_TAG) + len(_varint(n)) + n
+    return size
+
+
+def check_size(message: Message, limit: int, what: str) -> int:
+    """The frame size of ``message``; a CallError (RESOURCE_EXHAUSTED) past ``limit``.
+
+    ``what`` names the message in the error, e.g. ``"noop: request"``."""
+    size = frame_size(len(message.payload), message.buffers)
+    if size > limit:
+        raise CallError(
+            "RESOURCE_EXHAUSTED",
+            f"{what} of {size} bytes exceeds the message size limit of {limit} bytes "
+            f"(max_message_bytes)",
+            code=errno.ENOMEM,
+        )
     return size
 
 

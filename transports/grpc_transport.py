@@ -163,14 +163,7 @@ class _AgentService(grpc.GenericRpcHandler):
         try:
             peer = self._peer(context)
             reply = self._handler.handle(name, grpc_framing.decode(request), peer)
-            size = grpc_framing.frame_size(len(reply.payload), reply.buffers)
-            if size > self._limit:
-                raise CallError(
-                    "RESOURCE_EXHAUSTED",
-                    f"{name}: the reply of {size} bytes exceeds the agent's message size limit "
-                    f"of {self._limit} bytes (max_message_bytes)",
-                    code=errno.ENOMEM,
-                )
+            grpc_framing.check_size(reply, self._limit, f"{name}: the agent's reply")
             return grpc_framing.encode(reply)
         except CallError as exc:
             failure = (exc.status, exc.code, exc.message)
@@ -405,14 +398,7 @@ class GrpcChannel(Channel):
                 f"{method}: connection to the vAccel agent at {self.address} was lost "
                 f"({self._lost}); its sessions are gone"
             )
-        size = grpc_framing.frame_size(len(request.payload), request.buffers)
-        if size > self._limit:
-            raise CallError(
-                "RESOURCE_EXHAUSTED",
-                f"{method}: request of {size} bytes exceeds the message size limit of "
-                f"{self._limit} bytes (max_message_bytes)",
-                code=errno.ENOMEM,
-            )
+        grpc_framing.check_size(request, self._limit, f"{method}: request")
         stub = self._calls.get(method)
         if stub is None:
             stub = self._calls[method] = self._channel.unary_unary(f"/{SERVICE_NAME}/{method}")

@@ -102,7 +102,7 @@ def test_reply_over_the_limit_is_resource_exhausted(tmp_path: Path) -> None:
         with pytest.raises(CallError) as err:
             channel.call("Big", Message(b""), 5)
         assert err.value.status == "RESOURCE_EXHAUSTED"
-        assert "reply of 1048581 bytes exceeds the agent's message size limit" in str(err.value)
+        assert "the agent's reply of 1048581 bytes exceeds the message size limit" in str(err.value)
         assert channel.call("Echo", Message(b"ok"), 5).payload == b"ok"
         channel.close()
     finally:
