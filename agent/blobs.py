@@ -22,35 +22,7 @@ from pathlib import Path
 
 from vaccel_core.errors import InvalidArgumentError, NotFoundError, OutOfMemoryError, VaccelError
 
-#: Default cap on one blob (a resource file) a guest may upload.
-DEFAULT_MAX_BLOB_BYTES = 4 << 30
-#: Default cap on all blobs together (held and being uploaded).
-DEFAULT_BLOB_QUOTA_BYTES = 16 << 30
-
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_SIZE = re.compile(r"^(\d+)\s*([KMGT]?)(?:I?B)?$")
-_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(value: int | str, what: str) -> int:
-    """Bytes from an int or a string with an optional binary suffix (4096, 512M, 4G, 16GiB),
-    or InvalidArgumentError naming ``what``."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    match = _SIZE.match(value.strip().upper()) if isinstance(value, str) else None
-    if match is None:
-        raise InvalidArgumentError(
-            f"{what}: expected a size in bytes with an optional K, M, G or T suffix "
-            f"(e.g. 512M, 4G), got {value!r}"
-        )
-    return int(match[1]) * _SIZE_UNITS[match[2]]
-
-
-def size_limit(value: int | str | None, default: int, what: str) -> int | None:
-    """A configured limit: ``default`` when not set, None (no limit) when set to 0."""
-    if value is None:
-        return default
-    return parse_size(value, what) or None
 
 
 def check_digest(digest: str, where: str) -> str:

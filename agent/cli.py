@@ -15,13 +15,15 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from vaccel_core.config import DEFAULT_RPC_ADDRESS, Config, parse_plugin_list, parse_vaccel_config
-from vaccel_core.errors import VaccelError
+from vaccel_core.auth import read_token
+from vaccel_core.errors import InvalidArgumentError, VaccelError
 from vaccel_core.log import configure_logging
-from vaccel_core.transport import DEFAULT_MAX_MESSAGE_BYTES, TransportOptions
+from vaccel_core.transport import TlsOptions, TransportOptions
 
-from .blobs import DEFAULT_BLOB_QUOTA_BYTES, DEFAULT_MAX_BLOB_BYTES, parse_size
+from . import limits as agent_limits
 
 #: Seconds in-flight calls get to finish on a stop signal (Kata kills the agent after 5 s).
 STOP_GRACE = 2.5
@@ -37,13 +39,6 @@ def _octal(value: str) -> int:
     if not 0 <= mode <= 0o777:
         raise argparse.ArgumentTypeError(f"expected a mode between 000 and 777, got {value!r}")
     return mode
-
-
-def _size(value: str) -> int:
-    try:
-        return parse_size(value, "size")
-    except VaccelError as exc:
-        raise argparse.ArgumentTypeError(exc.message.removeprefix("size: ")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,33 +81,34 @@ def build_parser() -> argparse.ArgumentParser:
         "removed on exit (also --vaccel-config blob_dir=DIR)",
     )
     parser.add_argument(
-        "--max-message-size",
-        type=int,
-        default=DEFAULT_MAX_MESSAGE_BYTES,
-        metavar="BYTES",
-        help=f"largest message accepted or sent (default {DEFAULT_MAX_MESSAGE_BYTES})",
-    )
-    parser.add_argument(
-        "--max-blob-size",
-        type=_size,
-        metavar="SIZE",
-        help="largest resource file (blob) a client may upload, e.g. 512M; 0: no limit "
-        f"(default {DEFAULT_MAX_BLOB_BYTES >> 30}G; also --vaccel-config max_blob_size=SIZE)",
-    )
-    parser.add_argument(
-        "--blob-quota",
-        type=_size,
-        metavar="SIZE",
-        help="most bytes all blobs together (held and being uploaded) may take; 0: no limit "
-        f"(default {DEFAULT_BLOB_QUOTA_BYTES >> 30}G; also --vaccel-config blob_quota=SIZE)",
-    )
-    parser.add_argument(
         "--socket-mode",
         type=_octal,
         default=0o600,
         metavar="OCTAL",
-        help="permissions of unix sockets (default 600: owner only)",
+        help="permissions of unix sockets (default 600: owner only; bits for others are "
+        "refused without --insecure)",
     )
+    security = parser.add_argument_group("security", "authentication and encryption")
+    security.add_argument("--tls-cert", metavar="FILE", help="the agent's TLS certificate (PEM)")
+    security.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    security.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="CA bundle (PEM) client certificates must chain to: mutual TLS, clients without a "
+        "valid certificate are refused",
+    )
+    security.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="a bearer token (the file's first line) every client must send; compared in "
+        "constant time",
+    )
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow tcp on a non-loopback address without TLS, and sockets others may open",
+    )
+    agent_limits.add_arguments(parser)
     return parser
 
 
@@ -127,14 +123,33 @@ def make_config(args: argparse.Namespace) -> Config:
         config.log_level = args.log_level
     if args.blob_dir:
         config.extra["blob_dir"] = args.blob_dir
-    if args.max_blob_size is not None:
-        config.extra["max_blob_size"] = args.max_blob_size
-    if args.blob_quota is not None:
-        config.extra["blob_quota"] = args.blob_quota
-    for key in ("max_blob_size", "blob_quota"):
-        if key in config.extra:
-            parse_size(config.extra[key], key)  # fail now on a bad --vaccel-config value
+    config.extra.update(agent_limits.from_arguments(args))
+    from .server import limits_from_config
+
+    limits_from_config(config)  # fail now on a bad --vaccel-config limit
     return config
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidArgumentError(f"{flag}: cannot read {path!r}: {exc.strerror}") from None
+
+
+def tls_options(args: argparse.Namespace) -> TlsOptions | None:
+    """The listener TLS settings from --tls-cert/--tls-key/--tls-client-ca, or None."""
+    if not (args.tls_cert or args.tls_key or args.tls_client_ca):
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise InvalidArgumentError(
+            "--tls-cert and --tls-key: expected both (the agent's certificate and its key)"
+        )
+    return TlsOptions(
+        cert=_read(args.tls_cert, "--tls-cert"),
+        key=_read(args.tls_key, "--tls-key"),
+        ca=_read(args.tls_client_ca, "--tls-client-ca") if args.tls_client_ca else None,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,9 +166,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_allocator()
 
     addresses = args.addresses or [DEFAULT_RPC_ADDRESS]
-    options = TransportOptions(
-        max_message_bytes=args.max_message_size, unix_socket_mode=args.socket_mode
-    )
+    try:
+        options = TransportOptions(
+            unix_socket_mode=args.socket_mode,
+            tls=tls_options(args),
+            token=read_token(args.token_file, "--token-file") if args.token_file else None,
+            insecure=args.insecure,
+        )
+    except VaccelError as exc:
+        print(f"vaccel-agent: error: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import fields, replace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,36 @@ from vaccel_core.log import ensure_logging
 from vaccel_core.plugins import get_registry
 from vaccel_core.transport import Address, Listener, TransportOptions
 
-from .blobs import DEFAULT_BLOB_QUOTA_BYTES, DEFAULT_MAX_BLOB_BYTES, size_limit
+from .limits import Limits
 from .service import AgentService, logger
+
+
+#: ``--vaccel-config`` keys of earlier releases, by the limit they set.
+_CONFIG_ALIASES = {"max_blob_size": "max_blob_bytes", "blob_quota": "blob_quota_bytes"}
+
+
+def limits_from_config(config: Config, base: Limits | None = None) -> Limits:
+    """``base`` (default: the defaults) with the limits named in ``config.extra`` (keys are
+    limit names such as ``max_sessions``, or the older ``max_blob_size`` / ``blob_quota``)."""
+    values = {}
+    for key, value in config.extra.items():
+        name = _CONFIG_ALIASES.get(key, key)
+        if name in {f.name for f in fields(Limits)}:
+            values[name] = value
+    return (base or Limits()).with_values(values)
+
+
+def transport_options(limits: Limits, options: TransportOptions | None = None) -> TransportOptions:
+    """``options`` (or the defaults) with the connection-level limits of ``limits``."""
+    return replace(
+        options or TransportOptions(),
+        max_connections=limits.max_connections,
+        max_streams=limits.max_streams,
+        max_clients=limits.max_clients,
+        handshake_timeout=limits.handshake_timeout,
+        idle_timeout=limits.idle_timeout,
+        max_message_bytes=limits.max_message_bytes,
+    )
 
 
 class Agent:
@@ -37,6 +66,7 @@ class Agent:
         config: Config | None = None,
         options: TransportOptions | None = None,
         session_ttl: float | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
@@ -44,7 +74,8 @@ class Agent:
             raise InvalidArgumentError("Agent: expected at least one address to listen on")
         self.addresses = [Address.parse(a) for a in addresses]
         self.config = config or get_config()
-        self.options = options or TransportOptions()
+        self.limits = limits or limits_from_config(self.config)
+        self.options = transport_options(self.limits, options)
         self.session_ttl = session_ttl
         self.service: AgentService | None = None
         self._listeners: list[Listener] = []
@@ -71,12 +102,7 @@ class Agent:
             registry,
             session_ttl=self.session_ttl,
             blob_root=Path(blob_dir) if blob_dir else None,
-            max_blob_bytes=size_limit(
-                self.config.extra.get("max_blob_size"), DEFAULT_MAX_BLOB_BYTES, "max_blob_size"
-            ),
-            blob_quota_bytes=size_limit(
-                self.config.extra.get("blob_quota"), DEFAULT_BLOB_QUOTA_BYTES, "blob_quota"
-            ),
+            limits=self.limits,
         )
         try:
             for address in self.addresses:

@@ -41,7 +41,8 @@ from vaccel_core.session import Session
 from vaccel_core.transport import Buffer, CallError, Message, Peer, status_for
 from vaccel_plugins.rpc import codec
 
-from .blobs import DEFAULT_BLOB_QUOTA_BYTES, DEFAULT_MAX_BLOB_BYTES, BlobStore, check_digest
+from .blobs import BlobStore, check_digest
+from .limits import Limits
 
 logger = _vaccel_logger.getChild("agent")
 
@@ -96,19 +97,24 @@ class AgentService:
         blob_root: Path | None = None,
         inline_limit: int = codec.INLINE_LIMIT,
         unattached_ttl: float = UNATTACHED_TTL,
-        max_blob_bytes: int | None = DEFAULT_MAX_BLOB_BYTES,
-        blob_quota_bytes: int | None = DEFAULT_BLOB_QUOTA_BYTES,
+        limits: Limits | None = None,
+        **limit_values: Any,
     ) -> None:
         from vaccel_core.proto import pb
 
         self.pb = pb()
         self.config = config
         self.registry = registry
+        #: What clients may make the agent hold; keyword arguments named after a limit
+        #: (``max_sessions=2``) override single values.
+        self.limits = (limits or Limits()).with_values(limit_values)
         self.session_ttl = session_ttl if session_ttl and session_ttl > 0 else None
         self.unattached_ttl = unattached_ttl
         self.inline_limit = inline_limit
         self.blobs = BlobStore(
-            blob_root, max_blob_bytes=max_blob_bytes, quota_bytes=blob_quota_bytes
+            blob_root,
+            max_blob_bytes=self.limits.max_blob_bytes or None,
+            quota_bytes=self.limits.blob_quota_bytes or None,
         )
         self._lock = threading.RLock()
         self._sessions: dict[int, _AgentSession] = {}

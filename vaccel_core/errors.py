@@ -24,6 +24,26 @@ class VaccelError(Exception):
         return str(self.args[0]) if self.args else ""
 
 
+#: Most characters of client input an error message quotes.
+CLIP_CHARS = 64
+
+
+def clip(value: object, limit: int = CLIP_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, saying how long it was: errors quote client
+    input only this way, so that a 64 MiB string never comes back in an error message.
+
+    >>> clip("x" * 1000, 8)
+    "'xxxxxxx...' (1000 characters)"
+    """
+    if isinstance(value, (str, bytes, bytearray)) and len(value) > limit:
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{repr(value[: max(limit - 1, 1)])[:-1]}...{repr(value)[-1]} ({len(value)} {unit})"
+    text = repr(value)
+    if len(text) > limit:
+        return f"{text[:limit]}... ({len(text)} characters)"
+    return text
+
+
 class InvalidArgumentError(VaccelError, ValueError):
     """An operation got an argument of the wrong type, shape, size or value (EINVAL)."""
 

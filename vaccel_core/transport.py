@@ -34,8 +34,9 @@ from .errors import (
 
 Buffer = bytes | bytearray | memoryview
 
-#: Default cap on one message (payload + buffers); big enough for real models.
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+#: Default cap on one message (payload + buffers). Resource files travel in chunks, so this
+#: bounds tensors and images only; larger tensors want a raised limit or shared memory.
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -146,13 +147,47 @@ class Handler(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TlsOptions:
+    """TLS for a tcp listener or channel, as PEM bytes.
+
+    Listener: ``cert`` + ``key`` are the agent's; ``ca``, when given, is the CA that client
+    certificates must chain to (mutual TLS: a client without one is refused). Channel: ``ca``
+    verifies the agent (None: the system roots); ``cert`` + ``key`` are the client's own for
+    mutual TLS; ``server_name`` overrides the name checked in the agent's certificate."""
+
+    cert: bytes | None = None
+    key: bytes | None = None
+    ca: bytes | None = None
+    server_name: str | None = None
+
+
 @dataclass
 class TransportOptions:
-    """Settings common to every transport; ``extra`` carries transport-specific ones."""
+    """Settings common to every transport; ``extra`` carries transport-specific ones.
+
+    The listener limits bound what clients can make one listener hold (see
+    ``agent/limits.py`` and docs/security.md for their flags); a transport enforces those that
+    apply to it and documents the rest."""
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     unix_socket_mode: int = 0o600
     connect_timeout: float = 5.0
+    #: Open connections per listener; more are closed at once.
+    max_connections: int = 128
+    #: Concurrent streams (calls, the Attach stream included) per connection.
+    max_streams: int = 16
+    #: Attached clients per listener.
+    max_clients: int = 64
+    #: Seconds a new connection has to finish its set-up.
+    handshake_timeout: float = 10.0
+    #: Seconds after which a connection with no call and no attached client is closed.
+    idle_timeout: float = 30.0
+    tls: TlsOptions | None = None
+    #: Bearer token: a listener refuses calls without it; a channel sends it.
+    token: bytes | None = None
+    #: Allow a listener without TLS on a non-loopback address, or a world-writable socket.
+    insecure: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -109,7 +109,8 @@ def test_blob_dir_setting_keeps_blobs_in_a_private_subfolder(tmp_path: Any) -> N
 
 
 def test_embedded_agent_api_shape(tmp_path: Any) -> None:
-    """The API Kata's integrated mode embeds: Agent(addresses, *, config, options, session_ttl)."""
+    """The API Kata's integrated mode embeds: Agent(addresses, *, config, options, session_ttl,
+    limits)."""
     import inspect
     import threading
 
@@ -117,7 +118,7 @@ def test_embedded_agent_api_shape(tmp_path: Any) -> None:
     from vaccel_core.transport import TransportOptions
 
     params = inspect.signature(Agent.__init__).parameters
-    assert list(params) == ["self", "addresses", "config", "options", "session_ttl"]
+    assert list(params) == ["self", "addresses", "config", "options", "session_ttl", "limits"]
     assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY for p in list(params)[2:])
     agent = Agent(
         [f"unix://{tmp_path / 'a.sock'}", "tcp://127.0.0.1:0"],
