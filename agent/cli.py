@@ -17,8 +17,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from vaccel_core.config import DEFAULT_RPC_ADDRESS, Config, parse_plugin_list, parse_vaccel_config
 from vaccel_core.auth import read_token
+from vaccel_core.config import DEFAULT_RPC_ADDRESS, Config, parse_plugin_list, parse_vaccel_config
 from vaccel_core.errors import InvalidArgumentError, VaccelError
 from vaccel_core.log import configure_logging
 from vaccel_core.transport import TlsOptions, TransportOptions

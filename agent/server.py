@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import fields, replace
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ from vaccel_core.transport import Address, Listener, TransportOptions
 
 from .limits import Limits
 from .service import AgentService, logger
-
 
 #: ``--vaccel-config`` keys of earlier releases, by the limit they set.
 _CONFIG_ALIASES = {"max_blob_size": "max_blob_bytes", "blob_quota": "blob_quota_bytes"}
