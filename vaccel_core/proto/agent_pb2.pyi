@@ -70,12 +70,14 @@ class AttachRequest(_message.Message):
     def __init__(self, client: _Optional[str] = ...) -> None: ...
 
 class AttachEvent(_message.Message):
-    __slots__ = ("agent_version", "peer_id")
+    __slots__ = ("agent_version", "peer_id", "capability")
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITY_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     peer_id: str
-    def __init__(self, agent_version: _Optional[str] = ..., peer_id: _Optional[str] = ...) -> None: ...
+    capability: str
+    def __init__(self, agent_version: _Optional[str] = ..., peer_id: _Optional[str] = ..., capability: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
