@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         "constant time",
     )
     security.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="the operator's bearer token: callers presenting it see what all clients hold "
+        "(GetStatus) and are accepted where --token-file is asked for",
+    )
+    security.add_argument(
         "--insecure",
         action="store_true",
         help="allow tcp on a non-loopback address without TLS, and sockets others may open",
@@ -171,6 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             unix_socket_mode=args.socket_mode,
             tls=tls_options(args),
             token=read_token(args.token_file, "--token-file") if args.token_file else None,
+            admin_token=(
+                read_token(args.admin_token_file, "--admin-token-file")
+                if args.admin_token_file
+                else None
+            ),
             insecure=args.insecure,
         )
     except VaccelError as exc:

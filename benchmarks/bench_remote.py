@@ -233,10 +233,14 @@ def main(argv: list[str] | None = None) -> int:
             "tcp://127.0.0.1:0",
             "--plugins",
             "noop",
+            # The 64 MiB case needs more than the default 64 MiB message limit.
+            "--max-message-size",
+            "128M",
         ],
         2,
         env,
     )
+    os.environ["VACCEL_RPC_MAX_MESSAGE_BYTES"] = str(128 << 20)
     echo, echo_addrs = start(
         [sys.executable, __file__, "--echo-server", f"unix://{tmp}/echo.sock", "tcp://127.0.0.1:0"],
         2,

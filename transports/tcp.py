@@ -1,12 +1,20 @@
 """The tcp transport: the agent protocol over gRPC on TCP (``tcp://HOST:PORT``; port 0 binds a
-free port). Unauthenticated and unencrypted: bind it to loopback or a private network."""
+free port).
+
+With ``TransportOptions.tls`` the listener and the channel use TLS through gRPC's own
+credentials (mutual TLS when the listener has a client CA); the address stays
+``tcp://host:port``. A listener refuses a non-loopback address without TLS unless
+``TransportOptions.insecure`` is set, and refuses a port that is already in use.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from typing import Any
 
 from vaccel_core import hookimpl
-from vaccel_core.errors import InvalidArgumentError
+from vaccel_core.errors import InvalidArgumentError, RemoteError
 from vaccel_core.transport import Address, Channel, Handler, Listener, Transport, TransportOptions
 
 from . import grpc_missing
@@ -22,6 +30,22 @@ def split_host_port(address: Address) -> tuple[str, int]:
     return host, int(port)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, ``[v6]`` or a name) means only this machine."""
+    bare = host.strip("[]")
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(bare, None)
+    except OSError:
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos
+    )
+
+
 class TcpTransport(Transport):
     """gRPC over TCP."""
 
@@ -35,16 +59,29 @@ class TcpTransport(Transport):
         return grpc_missing()
 
     def connect(self, address: Address, options: TransportOptions) -> Channel:
-        from .grpc_transport import GrpcChannel
+        from .grpc_client import GrpcChannel
 
         host, port = split_host_port(address)
         return GrpcChannel(f"{host}:{port}", str(address), options)
 
     def listen(self, address: Address, handler: Handler, options: TransportOptions) -> Listener:
-        from .grpc_transport import serve
+        from .grpc_server import serve
 
         host, port = split_host_port(address)
-        return serve(f"{host}:{port}", lambda bound: f"tcp://{host}:{bound}", handler, options)
+        if options.tls is None and not options.insecure and not is_loopback(host):
+            raise RemoteError(
+                f"refusing to listen on {address} without TLS: it is reachable from other "
+                f"hosts, and every client there could use the agent unencrypted and "
+                f"unauthenticated (give --tls-cert/--tls-key, bind to 127.0.0.1, or pass "
+                f"--insecure)"
+            )
+        return serve(
+            f"{host}:{port}",
+            lambda bound: f"tcp://{host}:{bound}",
+            handler,
+            options,
+            requested=str(address),
+        )
 
 
 @hookimpl

@@ -15,6 +15,7 @@ import socket
 import stat
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -106,6 +107,16 @@ def listen_at(
     return bound
 
 
+def check_socket_mode(options: TransportOptions, address: str) -> None:
+    """Refuse a socket mode that lets any local user connect, unless ``options.insecure``."""
+    mode = options.unix_socket_mode
+    if mode & 0o002 and not options.insecure:
+        raise RemoteError(
+            f"refusing to listen on {address} with socket mode {mode:03o}: any local user "
+            f"could connect (use 600, or 660 with a group for the VMM; --insecure allows it)"
+        )
+
+
 class UnixTransport(Transport):
     """gRPC over a unix domain socket."""
 
@@ -119,15 +130,18 @@ class UnixTransport(Transport):
         return grpc_missing()
 
     def connect(self, address: Address, options: TransportOptions) -> Channel:
-        from .grpc_transport import GrpcChannel
+        from .grpc_client import GrpcChannel
 
         path = socket_path(address)
         return GrpcChannel(f"unix:{path}", f"unix://{path}", options)
 
     def listen(self, address: Address, handler: Handler, options: TransportOptions) -> Listener:
-        from .grpc_transport import serve
+        from .grpc_server import serve
 
         path = socket_path(address)
+        check_socket_mode(options, str(address))
+        # TLS is for tcp: a unix socket is protected by its file permissions.
+        options = replace(options, tls=None)
 
         def remove_socket() -> None:
             with contextlib.suppress(FileNotFoundError):

@@ -106,6 +106,12 @@ class OpSpec:
     results: tuple[Param, ...]
     doc: str
     check: Callable[[OpSpec, Sequence[Any]], None] | None = field(default=None, compare=False)
+    #: Size in bytes of the results, computed from the arguments before the operation runs
+    #: (None: not known in advance, e.g. a model's outputs). The agent refuses a call whose
+    #: results would exceed its limits before running it.
+    result_bytes: Callable[[Sequence[Any]], int | None] | None = field(
+        default=None, compare=False
+    )
 
     @property
     def name(self) -> str:
@@ -207,6 +213,50 @@ def _check_nr_outputs(spec: OpSpec, args: Sequence[Any]) -> None:
         )
 
 
+def _shape(value: Any, ndim: int) -> tuple[int, ...] | None:
+    shape = getattr(value, "shape", None)
+    if shape is None or len(shape) != ndim:
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def _matmul_bytes(args: Sequence[Any]) -> int | None:
+    a, b = _shape(args[0], 2), _shape(args[1], 2)
+    if a is None or b is None:
+        return None
+    return a[0] * b[1] * 4  # float32 m x n
+
+
+def _like_input_bytes(copies: int) -> Callable[[Sequence[Any]], int | None]:
+    def size(args: Sequence[Any]) -> int | None:
+        nbytes = getattr(args[0], "nbytes", None)
+        return None if nbytes is None else int(nbytes) * copies
+
+    return size
+
+
+def _write_sizes_bytes(args: Sequence[Any]) -> int | None:
+    sizes = args[-1]
+    if not isinstance(sizes, Sequence) or isinstance(sizes, (str, bytes)):
+        return None
+    try:
+        return sum(max(int(size), 0) for size in sizes)
+    except (TypeError, ValueError):
+        return None
+
+
+def result_bytes(spec: OpSpec, args: Sequence[Any]) -> int | None:
+    """The size of ``spec``'s results for ``args`` (its decoded arguments), or None when it
+    cannot be known before the operation runs. Never raises: arguments that are not what the
+    operation expects give None (validation reports them)."""
+    if spec.result_bytes is None or len(args) < len(spec.params):
+        return None
+    try:
+        return spec.result_bytes(args)
+    except Exception:
+        return None
+
+
 _SPECS: list[OpSpec] = [
     OpSpec(Op.NOOP, 0, "noop", (), (), "Do nothing (debugging and overhead measurement)."),
     OpSpec(
@@ -217,6 +267,7 @@ _SPECS: list[OpSpec] = [
         _EXEC_RESULTS,
         "Call a function of a shared library.",
         _check_write_sizes,
+        result_bytes=_write_sizes_bytes,
     ),
     OpSpec(
         Op.EXEC_WITH_RESOURCE,
@@ -231,6 +282,7 @@ _SPECS: list[OpSpec] = [
         _EXEC_RESULTS,
         "Call a function of a registered library resource.",
         _check_write_sizes,
+        result_bytes=_write_sizes_bytes,
     ),
     OpSpec(
         Op.IMAGE_CLASSIFY,
@@ -286,6 +338,7 @@ _SPECS: list[OpSpec] = [
         (_f32("out", 2),),
         "a @ b (+ c) with torch.",
         _check_sgemm,
+        result_bytes=_matmul_bytes,
     ),
     OpSpec(
         Op.BLAS_SGEMM,
@@ -301,6 +354,7 @@ _SPECS: list[OpSpec] = [
         (_f32("out", 2, "alpha * a @ b + beta * c"),),
         "Single-precision general matrix multiply.",
         _check_sgemm,
+        result_bytes=_matmul_bytes,
     ),
     OpSpec(
         Op.FPGA_ARRAYCOPY,
@@ -309,6 +363,7 @@ _SPECS: list[OpSpec] = [
         (Param("a", Kind.TENSOR, dtype="int32", ndim=1),),
         (Param("out", Kind.TENSOR, dtype="int32", ndim=1),),
         "Copy an array.",
+        result_bytes=_like_input_bytes(1),
     ),
     OpSpec(
         Op.FPGA_MMULT,
@@ -318,6 +373,7 @@ _SPECS: list[OpSpec] = [
         (_f32("out", 2),),
         "Matrix multiply.",
         _check_mmult,
+        result_bytes=_matmul_bytes,
     ),
     OpSpec(
         Op.FPGA_PARALLEL,
@@ -327,6 +383,7 @@ _SPECS: list[OpSpec] = [
         (_f32("add", 1), _f32("mult", 1)),
         "Element-wise a + b and a * b.",
         _check_same_shape,
+        result_bytes=_like_input_bytes(2),
     ),
     OpSpec(
         Op.FPGA_VECTORADD,
@@ -336,6 +393,7 @@ _SPECS: list[OpSpec] = [
         (_f32("out", 1),),
         "Element-wise a + b.",
         _check_same_shape,
+        result_bytes=_like_input_bytes(1),
     ),
     OpSpec(
         Op.MINMAX,
@@ -353,6 +411,7 @@ _SPECS: list[OpSpec] = [
         ),
         "Clip data to [low, high] and return it with the minimum and maximum of data.",
         _check_minmax,
+        result_bytes=_like_input_bytes(1),
     ),
     OpSpec(
         Op.OPENCV,

@@ -68,6 +68,9 @@ class Peer:
 
     id: str
     description: str = ""
+    #: The client proved it is the agent's operator (the admin token): it may see what all
+    #: clients hold (GetStatus), never use their sessions.
+    admin: bool = False
 
 
 @dataclass
@@ -186,6 +189,9 @@ class TransportOptions:
     tls: TlsOptions | None = None
     #: Bearer token: a listener refuses calls without it; a channel sends it.
     token: bytes | None = None
+    #: Listener: the operator's bearer token (also accepted where ``token`` is asked for);
+    #: callers presenting it are :attr:`Peer.admin`.
+    admin_token: bytes | None = None
     #: Allow a listener without TLS on a non-loopback address, or a world-writable socket.
     insecure: bool = False
     extra: dict[str, Any] = field(default_factory=dict)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -65,6 +67,15 @@ class AgentProcess:
     addresses: list[str]
     lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
+    #: The operator's token the agent was started with: an observer that presents it sees
+    #: what all clients hold (GetStatus).
+    admin_token: bytes | None = None
+
+    def observer(self, address: str | None = None) -> RawClient:
+        """A client that sees the whole agent's counts (the operator's view)."""
+        return RawClient(
+            address or self.address, TransportOptions(connect_timeout=10, token=self.admin_token)
+        )
 
     @property
     def pid(self) -> int:
@@ -143,6 +154,12 @@ def start_agent(
     for address in addresses:
         cmd += [address_flag, address]
     cmd += list(args)
+    admin_token: str | None = None
+    if command is None:  # custom command lines (Kata's exact ones) stay as given
+        admin_token = secrets.token_hex(24)
+        folder = Path(tempfile.mkdtemp(prefix="vaccel-test-admin-"))
+        (folder / "admin-token").write_text(admin_token + "\n")
+        cmd += ["--admin-token-file", str(folder / "admin-token")]
     proc = subprocess.Popen(
         cmd,
         env=clean_env(env if env is not None else {"VACCEL_PLUGINS": "noop"}),
@@ -151,7 +168,9 @@ def start_agent(
         text=True,
         cwd=REPO,
     )
-    handle = AgentProcess(proc, [])
+    handle = AgentProcess(
+        proc, [], admin_token=admin_token.encode() if admin_token is not None else None
+    )
 
     def read() -> None:
         assert proc.stdout is not None

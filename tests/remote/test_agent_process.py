@@ -269,7 +269,9 @@ def test_reflection_lists_the_agent_service(agent: AgentProcess) -> None:
 
 
 def test_plain_grpc_client_can_call_typed_methods(agent: AgentProcess) -> None:
-    """What grpcurl does with reflection: the methods take and return agent.proto messages."""
+    """What grpcurl does with reflection: the methods take and return agent.proto messages.
+    GetStatus needs nothing; session methods need the capability an Attach stream returns
+    (what `grpcurl ... Attach` in one shell and `-H 'vaccel-capability: ...'` in another do)."""
     import grpc
 
     from vaccel_core.proto import pb
@@ -285,8 +287,22 @@ def test_plain_grpc_client_can_call_typed_methods(agent: AgentProcess) -> None:
             "/vaccel.agent.v1.Agent/CreateSession",
             request_serializer=pb().CreateSessionRequest.SerializeToString,
             response_deserializer=pb().CreateSessionResponse.FromString,
-        )(pb().CreateSessionRequest(), timeout=5)
-        assert create.session_id > 0 and list(create.backends) == ["noop"]
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            create(pb().CreateSessionRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "open an Attach stream first" in (err.value.details() or "")
+        attach = channel.unary_stream(
+            "/vaccel.agent.v1.Agent/Attach",
+            request_serializer=pb().AttachRequest.SerializeToString,
+            response_deserializer=pb().AttachEvent.FromString,
+        )(pb().AttachRequest(client="test"))
+        event = next(attach)
+        assert len(event.capability) >= 43 and event.peer_id
+        metadata = (("vaccel-capability", event.capability),)
+        made = create(pb().CreateSessionRequest(), timeout=5, metadata=metadata)
+        assert made.session_id > 0 and list(made.backends) == ["noop"]
+        attach.cancel()
 
 
 @pytest.mark.skipif(shutil.which("grpcurl") is None, reason="grpcurl is not installed")

@@ -110,19 +110,21 @@ def test_reply_over_the_limit_is_resource_exhausted(tmp_path: Path) -> None:
 
 
 def test_too_many_clients_are_refused_not_starved(tmp_path: Path) -> None:
-    options = TransportOptions(extra={"max_workers": 4, "max_clients": 1})
+    options = TransportOptions(max_clients=1, extra={"max_workers": 4})
     handler = EchoHandler()
     listener = UnixTransport().listen(Address.parse(f"unix://{tmp_path / 's'}"), handler, options)
     try:
         first = UnixTransport().connect(Address.parse(listener.address), options)
         wait_until(lambda: len(handler.connected) == 1, 5, "first attached")
-        second = UnixTransport().connect(Address.parse(listener.address), options)
-        wait_until(lambda: second.lost is not None, 5, "second refused")  # type: ignore[attr-defined]
-        with pytest.raises(RemoteError, match="already serves 1 clients"):
-            second.call("Echo", Message(b"x"), 5)
+        with pytest.raises(CallError, match=r"already serves 1 clients .*--max-clients") as err:
+            UnixTransport().connect(Address.parse(listener.address), options)
+        assert err.value.status == "RESOURCE_EXHAUSTED"
         assert first.call("Echo", Message(b"x"), 5).payload == b"x"
         first.close()
-        second.close()
+        wait_until(lambda: len(handler.disconnected) == 1, 5, "first detached")
+        again = UnixTransport().connect(Address.parse(listener.address), options)
+        assert again.call("Echo", Message(b"x"), 5).payload == b"x"
+        again.close()
     finally:
         listener.stop(1)
 

@@ -102,7 +102,7 @@ CLIENT = textwrap.dedent(
 
 @pytest.mark.parametrize("how", ["exit", "kill"])
 def test_client_that_goes_away_leaves_zero_sessions(shared_agent: AgentProcess, how: str) -> None:
-    observer = RawClient(shared_agent.address)
+    observer = shared_agent.observer()
     try:
         proc = subprocess.Popen(
             [sys.executable, "-c", CLIENT, shared_agent.address],
@@ -135,11 +135,12 @@ def test_client_that_goes_away_leaves_zero_sessions(shared_agent: AgentProcess, 
 def test_idle_sessions_are_released_after_the_ttl(tmp_path: Path) -> None:
     handle = start_agent([f"unix://{tmp_path / 'v.sock'}"], args=["--session-ttl", "1.0"])
     client = RawClient(handle.address)
+    operator = handle.observer()
     try:
         sid = client.create_session()
         assert client.status().session_ttl == pytest.approx(1.0)
         wait_until(lambda: client.status().sessions == 0, 10, "idle session released")
-        assert client.status().sessions_released == 1
+        assert operator.status().sessions_released == 1
         with pytest.raises(CallError) as err:
             client.noop(sid)
         assert err.value.status == "NOT_FOUND"
@@ -150,6 +151,7 @@ def test_idle_sessions_are_released_after_the_ttl(tmp_path: Path) -> None:
         assert client.status().sessions == 1
     finally:
         client.close()
+        operator.close()
         handle.stop()
 
 
@@ -177,7 +179,7 @@ def test_killed_agent_gives_a_clear_error_and_a_restarted_one_serves(tmp_path: P
 
 
 def test_same_model_registered_again_sends_only_its_hash(shared_agent: AgentProcess) -> None:
-    raw = RawClient(shared_agent.address)
+    raw = shared_agent.observer()
     model = bytes(np.random.default_rng(7).integers(0, 256, 3 << 20, dtype=np.uint8))
     try:
         before = raw.status().blob_uploads

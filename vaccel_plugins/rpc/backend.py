@@ -39,6 +39,7 @@ from vaccel_core.transport import (
     CallError,
     Channel,
     Message,
+    TlsOptions,
     TransportOptions,
 )
 
@@ -74,6 +75,43 @@ def _env_float(name: str, default: float) -> float:
         return float(value)
     except ValueError:
         raise InvalidArgumentError(f"{name}: expected a number of seconds, got {value!r}") from None
+
+
+def _env_file(name: str) -> bytes | None:
+    path = os.environ.get(name)
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise InvalidArgumentError(f"{name}: cannot read {path!r}: {exc.strerror}") from None
+
+
+def client_options(**kwargs: Any) -> TransportOptions:
+    """Transport options of the guest side from the environment: TLS
+    (``VACCEL_RPC_TLS_CA``, ``VACCEL_RPC_TLS_CERT``, ``VACCEL_RPC_TLS_KEY``, PEM files;
+    ``VACCEL_RPC_TLS=1`` for TLS with the system's roots; ``VACCEL_RPC_TLS_SERVER_NAME`` to
+    check another name in the agent's certificate) and the bearer token
+    (``VACCEL_RPC_TOKEN_FILE``)."""
+    from vaccel_core.auth import read_token
+
+    ca = _env_file("VACCEL_RPC_TLS_CA")
+    cert = _env_file("VACCEL_RPC_TLS_CERT")
+    key = _env_file("VACCEL_RPC_TLS_KEY")
+    if (cert is None) != (key is None):
+        raise InvalidArgumentError(
+            "VACCEL_RPC_TLS_CERT and VACCEL_RPC_TLS_KEY: expected both (the client's "
+            "certificate and its key, for mutual TLS) or neither"
+        )
+    server_name = os.environ.get("VACCEL_RPC_TLS_SERVER_NAME") or None
+    wanted = os.environ.get("VACCEL_RPC_TLS", "").strip().lower() in {"1", "true", "yes"}
+    tls = None
+    if wanted or ca is not None or cert is not None or server_name:
+        tls = TlsOptions(cert=cert, key=key, ca=ca, server_name=server_name)
+    token_file = os.environ.get("VACCEL_RPC_TOKEN_FILE")
+    token = read_token(token_file, "VACCEL_RPC_TOKEN_FILE") if token_file else None
+    return TransportOptions(tls=tls, token=token, **kwargs)
 
 
 @dataclass
@@ -140,7 +178,7 @@ class RpcBackend(Backend):
 
                 parsed = Address.parse(address)
                 transport = get_registry().transport(parsed.scheme)
-                options = TransportOptions(
+                options = client_options(
                     max_message_bytes=self.max_message_bytes,
                     connect_timeout=self.connect_timeout,
                 )
@@ -353,8 +391,9 @@ class RpcBackend(Backend):
             )
             offset += len(piece)
             if reply.complete and reply.received == size and offset < size:
-                # Another client finished uploading the same blob first: nothing more to send.
-                logger.debug("blob %s completed by another upload", digest[:12])
+                # This client already holds the blob (another of its sessions uploaded it
+                # meanwhile): nothing more to send. Other clients' blobs never count.
+                logger.debug("blob %s already held by this client", digest[:12])
                 return
             if offset >= size:
                 if not reply.complete:
@@ -381,20 +420,57 @@ class RpcBackend(Backend):
         )
 
     def resource_sync(self, session: Session, resource: Resource) -> list[tuple[str, bytes]]:
-        """The resource's files as the agent holds them now: (name, bytes) pairs."""
+        """The resource's files as the agent holds them now: (name, bytes) pairs.
+
+        Read in pieces of at most one message each (``SyncResourceRequest.piece``), so a
+        resource larger than the message limit comes back too."""
         remote = self._remote(session, "sync resource")
-        reply, buffers = self._call(
-            remote.channel,
-            remote.address,
-            "SyncResource",
-            self.pb.SyncResourceRequest(
-                session_id=remote.session_id,
-                resource_id=self._resource_id(remote, resource, "sync resource"),
-            ),
-            reply_type=self.pb.SyncResourceResponse,
-        )
-        decoder = codec.Decoder(buffers, "sync resource")
-        return [(f.name, bytes(decoder.data(f.data, f.name))) for f in reply.files]
+        resource_id = self._resource_id(remote, resource, "sync resource")
+        chunk = max(1, min(BLOB_CHUNK, self.max_message_bytes // 2))
+        names: list[str] = []
+        sizes: list[int] = []
+        got: list[bytearray] = []
+        index, offset = 0, 0
+        while True:
+            request = self.pb.SyncResourceRequest(
+                session_id=remote.session_id, resource_id=resource_id
+            )
+            request.piece.file, request.piece.offset, request.piece.length = index, offset, chunk
+            reply, buffers = self._call(
+                remote.channel,
+                remote.address,
+                "SyncResource",
+                request,
+                reply_type=self.pb.SyncResourceResponse,
+            )
+            listed = [(f.name, int(f.size)) for f in reply.files]
+            if not got:
+                names, sizes = [n for n, _ in listed], [s for _, s in listed]
+                got = [bytearray() for _ in listed]
+            elif listed != list(zip(names, sizes, strict=True)):
+                raise RemoteError(
+                    f"sync resource: resource {resource.id}: its files changed on the agent at "
+                    f"{remote.address} while they were being read"
+                )
+            decoder = codec.Decoder(buffers, "sync resource")
+            start = index
+            for i in range(index, len(names)):
+                got[i] += decoder.data(reply.files[i].data, names[i])
+                if len(got[i]) > sizes[i]:
+                    raise RemoteError(
+                        f"sync resource: the agent at {remote.address} sent more than the "
+                        f"{sizes[i]} bytes of file {names[i]!r}"
+                    )
+            while index < len(names) and len(got[index]) == sizes[index]:
+                index += 1
+            if index >= len(names):
+                return [(n, bytes(g)) for n, g in zip(names, got, strict=True)]
+            if index == start and len(got[index]) == offset:
+                raise RemoteError(
+                    f"sync resource: the agent at {remote.address} sent no bytes of file "
+                    f"{names[index]!r} from offset {offset} (of {sizes[index]})"
+                )
+            offset = len(got[index])
 
     @staticmethod
     def _resource_id(remote: _Remote, resource: Resource, what: str) -> int:
