@@ -5,10 +5,14 @@ When accepting fails for want of resources (out of file descriptors: EMFILE, ENF
 kernel memory) the pending connection keeps the listening socket readable, so retrying at once
 would spin at 100% CPU: the loop then waits ``backoff`` seconds (still woken by the stop
 signal) and logs once per episode.
+
+A failure of ``on_connection`` (it raised: out of threads, a bug) concerns that one connection:
+the loop closes it, logs one line and goes on accepting; it never ends the loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import select
 import socket
@@ -58,4 +62,9 @@ def accept_loop(
         if failing:
             failing = False
             logger.warning("%s: accepting connections again", what)
-        on_connection(conn)
+        try:
+            on_connection(conn)
+        except Exception as exc:  # that connection goes, the listener stays
+            logger.warning("%s: dropped a new connection: %s: %s", what, type(exc).__name__, exc)
+            with contextlib.suppress(OSError):
+                conn.close()

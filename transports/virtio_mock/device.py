@@ -1,15 +1,27 @@
-"""The device side of virtio-mock, served by the agent.
+"""The device side of virtio-mock, served by the agent: a trust boundary.
 
 The listener accepts guests on a unix control socket (``SOCK_SEQPACKET``). Each connection is
 one device instance: it receives the guest's shared memory (a sealed memfd) and its kick/call
-eventfds, maps the memory, and serves the split virtqueue in a thread of its own. Request
+eventfds, maps the memory, and then serves the split virtqueue in a thread of its own. Request
 buffers reach the handler as read-only memoryviews straight into the shared memory (no copy);
 replies are written into the chain's device-writable buffers.
 
-Every descriptor is validated before use (index, address and length inside the data area,
-flags, chain length and loops, readable-before-writable); a bad chain gets an error completion
-and a ``chain_error`` event, never a crash, and other chains are unaffected. A guest that
-closes its control socket (or dies) frees its device and disconnects its peer.
+Guests are untrusted, so everything a guest controls is checked or bounded:
+
+* connections that have not finished set-up cost no thread: one set-up thread per listener
+  polls them all, and drops those that do not finish within ``handshake_timeout``; at most
+  ``max_connections`` control connections are open at once (more are refused at once) and at
+  most ``max_clients`` devices serve at once;
+* the set-up accepts each request only in the state where it makes sense and answers every
+  other one (any state, junk included) with an error; the memory a device maps is capped
+  (``virtio_mock_max_memory_bytes``);
+* every descriptor is validated before use (index, address and length inside the data area,
+  flags, chain length and loops, readable-before-writable); a bad chain gets an error
+  completion and a ``chain_error`` event, never a crash, and other chains are unaffected;
+* a reply, an error included, is never written past the device-writable buffer the guest
+  gave; a request or reply over ``max_message_bytes`` gets RESOURCE_EXHAUSTED, and so does a
+  reply that would pass the bounds on what a guest may leave parked for FETCH;
+* a guest that closes its control socket (or dies) frees its device and disconnects its peer.
 """
 
 from __future__ import annotations
@@ -27,12 +39,14 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vaccel_core.errors import RemoteError, VaccelError
+from vaccel_core.errors import CLIP_CHARS, InvalidArgumentError, RemoteError, VaccelError, clip
 from vaccel_core.log import logger
 from vaccel_core.transport import (
     Address,
@@ -77,13 +91,60 @@ from .protocol import (
     unpack_request_header,
 )
 
-SETUP_TIMEOUT = 10.0
-MAX_PENDING_REPLIES = 64
+#: Largest guest memory a device maps (``virtio_mock_max_memory_bytes``): the driver's default.
+DEFAULT_MAX_MEMORY_BYTES = 1 << 30
+#: Replies one guest may leave parked for FETCH (``virtio_mock_max_parked_replies``).
+DEFAULT_MAX_PARKED_REPLIES = 16
+#: Bytes of parked replies per guest, as a multiple of ``max_message_bytes``
+#: (``virtio_mock_max_parked_bytes``; default: two replies of the largest size).
+DEFAULT_PARKED_MESSAGES = 2
 _BAD_FLAGS = ~(VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) & 0xFFFF
+_SETUP_REQUESTS = (
+    "GET_FEATURES",
+    "SET_MEM_TABLE",
+    "SET_VRING_NUM",
+    "SET_VRING_ADDR",
+    "SET_VRING_KICK",
+    "SET_VRING_CALL",
+    "SET_VRING_ENABLE",
+)
+
+Failure = tuple[str, str, int]  # status, message, errno
 
 
 class ChainError(Exception):
     """A descriptor chain the device refuses (the guest gets an error completion)."""
+
+
+class SetupError(ProtocolError):
+    """A set-up request the device refuses; ``status``/``code`` are set for a limit."""
+
+    def __init__(self, message: str, status: str | None = None, code: int = errno.EINVAL):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    def reply(self) -> dict[str, Any]:
+        if self.status is None:
+            return {"ok": False, "error": str(self)}
+        return {"ok": False, "error": str(self), "status": self.status, "code": self.code}
+
+
+def _limit_error(text: str) -> SetupError:
+    """A set-up refusal for a limit (``text`` names the limit's flag or option)."""
+    return SetupError(text, "RESOURCE_EXHAUSTED", errno.ENOMEM)
+
+
+def _over_limit(text: str) -> Failure:
+    """A call refused for a limit (``text`` names the limit's flag or option)."""
+    return ("RESOURCE_EXHAUSTED", text, errno.ENOMEM)
+
+
+def _name(method: str) -> str:
+    """A method name as an error quotes it: as is when short and printable, else clipped."""
+    if len(method) <= CLIP_CHARS and method.isprintable():
+        return method
+    return clip(method)
 
 
 def _is_eventfd(fd: int) -> bool:
@@ -91,6 +152,61 @@ def _is_eventfd(fd: int) -> bool:
         return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
     except OSError:
         return True  # no /proc: cannot tell, accept
+
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    """What one listener lets its guests make it hold (from :class:`TransportOptions`)."""
+
+    max_connections: int
+    max_clients: int
+    handshake_timeout: float
+    max_message_bytes: int
+    max_memory_bytes: int
+    max_parked_replies: int
+    max_parked_bytes: int
+
+    @classmethod
+    def from_options(cls, options: TransportOptions) -> DeviceLimits:
+        extra = options.extra
+        message = _positive("max_message_bytes", options.max_message_bytes)
+        return cls(
+            max_connections=_positive("max_connections", options.max_connections),
+            max_clients=_positive("max_clients", options.max_clients),
+            # virtio_mock_setup_timeout: the older, transport-specific name.
+            handshake_timeout=_positive(
+                "handshake_timeout",
+                extra.get("virtio_mock_setup_timeout", options.handshake_timeout),
+                float,
+            ),
+            max_message_bytes=message,
+            max_memory_bytes=_positive(
+                "virtio_mock_max_memory_bytes",
+                extra.get("virtio_mock_max_memory_bytes", DEFAULT_MAX_MEMORY_BYTES),
+            ),
+            max_parked_replies=_positive(
+                "virtio_mock_max_parked_replies",
+                extra.get("virtio_mock_max_parked_replies", DEFAULT_MAX_PARKED_REPLIES),
+            ),
+            max_parked_bytes=_positive(
+                "virtio_mock_max_parked_bytes",
+                extra.get("virtio_mock_max_parked_bytes", DEFAULT_PARKED_MESSAGES * message),
+            ),
+        )
+
+
+def _positive(name: str, value: Any, kind: type = int) -> Any:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and not isinstance(value, int))
+        or not value > 0
+    ):
+        raise InvalidArgumentError(
+            f"virtio-mock option {name}: expected a positive "
+            f"{'integer' if kind is int else 'number'}, got {value!r}"
+        )
+    return kind(value)
 
 
 class _Setup:
@@ -107,38 +223,51 @@ class _Setup:
 
 
 class Device:
-    """One guest's device instance: handshake, then serve its virtqueue until it goes."""
+    """One guest's device instance: set up by the listener's set-up thread (:meth:`setup`,
+    one control message at a time), then served in a thread of its own (:meth:`start`)."""
 
     def __init__(
         self,
         conn: socket.socket,
         handler: Handler,
-        options: TransportOptions,
+        limits: DeviceLimits,
         stop_fd: int,
         where: str,
+        on_exit: Callable[[Device], None] = lambda device: None,
     ) -> None:
         self.conn = conn
         self.handler = handler
-        self.options = options
+        self.limits = limits
         self.stop_fd = stop_fd
         self.where = where
+        self.on_exit = on_exit
         self.peer = Peer(f"virtio-mock-{uuid.uuid4().hex[:16]}", "")
         self.s = _Setup()
-        self._pending: OrderedDict[int, Message] = OrderedDict()
+        self.deadline = time.monotonic() + limits.handshake_timeout
+        self.enabled = False
+        #: Replies kept for the guest's FETCH (token -> reply), and their bytes.
+        self._parked: OrderedDict[int, Message] = OrderedDict()
+        self._parked_bytes = 0
         self._tokens = itertools.count(1)
         self._last_avail = 0
         self._used_idx = 0
         self._method = "?"
+        self._noted_control = False
+        #: Set once the guest has its SET_VRING_ENABLE answer: only then does serving start.
+        self.admitted = threading.Event()
         self.thread = threading.Thread(
             target=self.run, name=f"virtio-mock {self.peer.id}", daemon=True
         )
 
     # Lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Serve the queue in a new thread (raises RuntimeError when no thread can start)."""
+        self.thread.start()
+
     def run(self) -> None:
         connected = False
         try:
-            if not self._handshake():
-                return
+            self.admitted.wait()
             self.handler.peer_connected(self.peer)
             connected = True
             logger.info(
@@ -148,16 +277,19 @@ class Device:
         except Exception:
             logger.exception("virtio-mock %s: device %s failed", self.where, self.peer.id)
         finally:
-            self._close()
+            self.close()
             if connected:
                 logger.info("virtio-mock %s: %s disconnected", self.where, self.peer.id)
                 try:
                     self.handler.peer_disconnected(self.peer)
                 except Exception:
                     logger.exception("virtio-mock: peer_disconnected(%s) failed", self.peer.id)
+            self.on_exit(self)
 
-    def _close(self) -> None:
-        self._pending.clear()
+    def close(self) -> None:
+        """Free what this device holds: parked replies, the socket, eventfds, the mapping."""
+        self._parked.clear()
+        self._parked_bytes = 0
         with contextlib.suppress(OSError):
             self.conn.close()
         for fd in (self.s.kick, self.s.call):
@@ -180,49 +312,34 @@ class Device:
                 )
             self.s.mem = None
 
-    # Handshake --------------------------------------------------------------------------------
-    def _handshake(self) -> bool:
-        setup_timeout = float(self.options.extra.get("virtio_mock_setup_timeout", SETUP_TIMEOUT))
-        deadline = time.monotonic() + setup_timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                logger.warning(
-                    "virtio-mock %s: guest did not finish set-up in %.1fs",
-                    self.where,
-                    setup_timeout,
-                )
-                return False
-            self.conn.settimeout(remaining)
-            try:
-                message, fds = recv_control(self.conn)
-            except TimeoutError:
-                continue
-            except (OSError, ProtocolError) as exc:
-                logger.warning("virtio-mock %s: bad control message: %s", self.where, exc)
-                return False
-            if message is None:
-                return False
-            try:
-                reply = self._setup_step(message, fds)
-            except ProtocolError as exc:
-                for fd in fds:
+    # Set-up -----------------------------------------------------------------------------------
+    def setup(self, message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        """Answer one set-up request. Never raises for what a guest sends; closes every
+        received descriptor the device does not keep."""
+        try:
+            return {"ok": True, **self._setup_step(message, fds)}
+        except SetupError as exc:
+            return exc.reply()
+        except ProtocolError as exc:
+            return {"ok": False, "error": str(exc)}
+        finally:
+            for fd in fds:
+                if fd not in (self.s.kick, self.s.call):
                     with contextlib.suppress(OSError):
                         os.close(fd)
-                send_control(self.conn, {"ok": False, "error": str(exc)})
-                continue
-            send_control(self.conn, {"ok": True, **reply})
-            if message.get("req") == "SET_VRING_ENABLE":
-                self.conn.settimeout(None)
-                self.conn.setblocking(False)
-                return True
 
     def _expect_fds(self, req: str, fds: list[int], n: int) -> None:
         if len(fds) != n:
-            raise ProtocolError(f"{req}: expected {n} file descriptor(s), got {len(fds)}")
+            raise SetupError(f"{req}: expected {n} file descriptor(s), got {len(fds)}")
 
     def _setup_step(self, message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         req = message.get("req")
+        if not isinstance(req, str) or req not in _SETUP_REQUESTS:
+            raise SetupError(
+                f"unknown request {clip(req)} (expected one of {', '.join(_SETUP_REQUESTS)})"
+            )
+        if self.enabled:
+            raise SetupError(f"{req}: not accepted after SET_VRING_ENABLE (the device runs)")
         s = self.s
         if req == "GET_FEATURES":
             self._expect_fds(req, fds, 0)
@@ -230,76 +347,93 @@ class Device:
         if req == "SET_MEM_TABLE":
             self._expect_fds(req, fds, 1)
             if s.mem is not None:
-                raise ProtocolError("SET_MEM_TABLE: memory already set")
-            fd = fds[0]
-            try:
-                size = _int(message, "size")
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode) or st.st_size < size or size <= 0:
-                    raise ProtocolError(
-                        f"SET_MEM_TABLE: expected a memory file of at least {size} bytes, "
-                        f"got {st.st_size}"
-                    )
-                seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-                if not seals & fcntl.F_SEAL_SHRINK:
-                    raise ProtocolError(
-                        "SET_MEM_TABLE: the memory must be sealed against shrinking "
-                        "(F_SEAL_SHRINK), or a truncation would crash the device"
-                    )
-                s.mem = mmap.mmap(fd, size)
-                s.size = size
-            except OSError as exc:
-                raise ProtocolError(f"SET_MEM_TABLE: cannot map the memory: {exc}") from exc
-            finally:
-                os.close(fd)
+                raise SetupError("SET_MEM_TABLE: memory already set (it is set once)")
+            self._map(_int(message, "size"), fds[0])
             return {}
         if req == "SET_VRING_NUM":
             self._expect_fds(req, fds, 0)
+            if s.layout is not None:
+                raise SetupError(
+                    f"SET_VRING_NUM after SET_VRING_ADDR: the ring addresses are already laid "
+                    f"out for {s.num} entries"
+                )
+            if s.num:
+                raise SetupError(f"SET_VRING_NUM: the queue size is already set ({s.num})")
             try:
                 check_queue_size(message.get("num"))  # type: ignore[arg-type]
             except ValueError as exc:
-                raise ProtocolError(f"SET_VRING_NUM: {exc}") from exc
+                raise SetupError(f"SET_VRING_NUM: {clip(str(exc), 200)}") from None
             s.num = int(message["num"])
             return {}
         if req == "SET_VRING_ADDR":
             self._expect_fds(req, fds, 0)
+            if s.layout is not None:
+                raise SetupError("SET_VRING_ADDR: the ring addresses are already set")
             self._set_addr(message)
             return {}
         if req in ("SET_VRING_KICK", "SET_VRING_CALL"):
             self._expect_fds(req, fds, 1)
+            if (s.kick if req == "SET_VRING_KICK" else s.call) >= 0:
+                raise SetupError(f"{req}: the eventfd is already set")
             if not _is_eventfd(fds[0]):
-                os.close(fds[0])
-                raise ProtocolError(f"{req}: the file descriptor is not an eventfd")
+                raise SetupError(f"{req}: the file descriptor is not an eventfd")
             if req == "SET_VRING_KICK":
                 s.kick = fds[0]
             else:
                 s.call = fds[0]
             return {}
-        if req == "SET_VRING_ENABLE":
-            self._expect_fds(req, fds, 0)
-            missing = [
-                name
-                for name, ok in (
-                    ("SET_MEM_TABLE", s.mem is not None),
-                    ("SET_VRING_ADDR", s.layout is not None),
-                    ("SET_VRING_KICK", s.kick >= 0),
-                    ("SET_VRING_CALL", s.call >= 0),
+        # SET_VRING_ENABLE
+        self._expect_fds(req, fds, 0)
+        missing = [
+            name
+            for name, ok in (
+                ("SET_MEM_TABLE", s.mem is not None),
+                ("SET_VRING_ADDR", s.layout is not None),
+                ("SET_VRING_KICK", s.kick >= 0),
+                ("SET_VRING_CALL", s.call >= 0),
+            )
+            if not ok
+        ]
+        if missing:
+            raise SetupError(f"SET_VRING_ENABLE before {', '.join(missing)}")
+        pid = message.get("pid")
+        pid_text = str(pid) if isinstance(pid, int) and not isinstance(pid, bool) else "?"
+        self.peer = Peer(self.peer.id, f"pid {pid_text} via {self.where}")
+        self.enabled = True
+        return {"peer": self.peer.id}
+
+    def _map(self, size: int, fd: int) -> None:
+        s, cap = self.s, self.limits.max_memory_bytes
+        if size > cap:
+            raise _limit_error(
+                f"SET_MEM_TABLE: guest memory of {size} bytes is more than this device maps "
+                f"(limit {cap} bytes, virtio_mock_max_memory_bytes); give the guest less "
+                f"(its virtio_mock_memory_bytes)"
+            )
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size < size or size <= 0:
+                raise SetupError(
+                    f"SET_MEM_TABLE: expected a memory file of at least {size} bytes, "
+                    f"got {st.st_size}"
                 )
-                if not ok
-            ]
-            if missing:
-                raise ProtocolError(f"SET_VRING_ENABLE before {', '.join(missing)}")
-            pid = message.get("pid")
-            self.peer = Peer(self.peer.id, f"pid {pid} via {self.where}")
-            return {"peer": self.peer.id}
-        for fd in fds:
-            os.close(fd)
-        raise ProtocolError(f"unknown request {req!r}")
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            if not seals & fcntl.F_SEAL_SHRINK:
+                raise SetupError(
+                    "SET_MEM_TABLE: the memory must be sealed against shrinking "
+                    "(F_SEAL_SHRINK), or a truncation would crash the device"
+                )
+            s.mem = mmap.mmap(fd, size)
+            s.size = size
+        except OSError as exc:
+            raise SetupError(
+                f"SET_MEM_TABLE: cannot map the memory: {os.strerror(exc.errno or 0)}"
+            ) from None
 
     def _set_addr(self, message: dict[str, Any]) -> None:
         s = self.s
         if s.mem is None or not s.num:
-            raise ProtocolError("SET_VRING_ADDR before SET_MEM_TABLE and SET_VRING_NUM")
+            raise SetupError("SET_VRING_ADDR before SET_MEM_TABLE and SET_VRING_NUM")
         desc, avail, used, data_start = (
             _int(message, k) for k in ("desc", "avail", "used", "data_start")
         )
@@ -311,16 +445,16 @@ class Device:
         }
         for name, (off, length, alignment) in areas.items():
             if off % alignment or off < 0 or off + length > data_start:
-                raise ProtocolError(
+                raise SetupError(
                     f"SET_VRING_ADDR: {name} at {off} (+{length}) must be {alignment}-byte "
                     f"aligned and end before the data area at {data_start}"
                 )
         spans = sorted((off, off + length) for off, length, _ in areas.values())
         for (_, end), (start, _) in itertools.pairwise(spans):
             if start < end:
-                raise ProtocolError("SET_VRING_ADDR: the ring areas overlap")
+                raise SetupError("SET_VRING_ADDR: the ring areas overlap")
         if not 0 < data_start < s.size:
-            raise ProtocolError(f"SET_VRING_ADDR: data area start {data_start} outside memory")
+            raise SetupError(f"SET_VRING_ADDR: data area start {data_start} outside memory")
         s.layout = RingLayout(num, desc, avail, used, used + 6 + 8 * num)
         s.data_start = data_start
 
@@ -342,16 +476,27 @@ class Device:
             s.layout.desc,
             s.data_start,
             s.size,
-            self.options.max_message_bytes,
+            self.limits.max_message_bytes,
             DESC.unpack_from,
             REQ_HEADER.unpack_from,
         )
         self._gone = False
         self._done = os.eventfd(0, os.EFD_CLOEXEC)
-        watcher = threading.Thread(
-            target=self._watch, name=f"virtio-mock watch {self.peer.id}", daemon=True
-        )
-        watcher.start()
+        try:
+            watcher = threading.Thread(
+                target=self._watch, name=f"virtio-mock watch {self.peer.id}", daemon=True
+            )
+            watcher.start()
+        except RuntimeError as exc:  # out of threads: this guest goes, the agent goes on
+            logger.warning(
+                "virtio-mock %s: %s: cannot start the watcher thread (%s); device stops",
+                self.where,
+                self.peer.id,
+                exc,
+            )
+            os.close(self._done)
+            self.view.release()
+            return
         kick = s.kick
         waiter = select.poll()
         waiter.register(kick, select.POLLIN)
@@ -386,30 +531,40 @@ class Device:
                 return
 
     def _control(self) -> bool:
-        """Read control messages after set-up; False when the guest went away."""
+        """Answer control messages after set-up (each with an error); False when the guest
+        went away."""
         while True:
             try:
                 message, fds = recv_control(self.conn)
             except BlockingIOError:
                 return True
-            except (OSError, ProtocolError) as exc:
-                logger.warning(
-                    "virtio-mock %s: %s: control socket: %s", self.where, self.peer.id, exc
-                )
+            except ProtocolError as exc:  # junk: answered, the device goes on
+                self._note_control(str(exc))
+                self._event({"ok": False, "error": str(exc)})
+                continue
+            except OSError as exc:
+                logger.info("virtio-mock %s: %s: control socket: %s", self.where, self.peer.id, exc)
                 return False
-            for fd in fds:
-                os.close(fd)
             if message is None:
                 return False
+            reply = self.setup(message, fds)  # refused: the device already runs
+            self._note_control(reply.get("error", ""))
+            self._event(reply)
+
+    def _note_control(self, what: str) -> None:
+        """Log the first control message after set-up (a guest could send millions)."""
+        if not self._noted_control:
+            self._noted_control = True
             logger.warning(
-                "virtio-mock %s: %s: unexpected control message %r",
+                "virtio-mock %s: %s: control message after set-up refused: %s (further ones "
+                "are refused without a log line)",
                 self.where,
                 self.peer.id,
-                message,
+                what,
             )
 
     def _event(self, message: dict[str, Any]) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # gone, or not reading: its loss
             send_control(self.conn, message)
 
     def _process(self) -> bool:
@@ -436,10 +591,13 @@ class Device:
         ring.set_used_entry(self._used_idx, head, length)  # the element first ...
         self._used_idx = idx = (self._used_idx + 1) & 0xFFFF
         ring.set_used_idx(idx)  # ... then the index
-        os.eventfd_write(self.s.call, 1)
+        try:  # noqa: SIM105 (hot path: contextlib.suppress costs more)
+            os.eventfd_write(self.s.call, 1)
+        except OSError:  # the guest saturated its call counter (EAGAIN): it is signalled
+            pass
 
     def _reject(self, head: int, reason: str) -> None:
-        logger.warning(
+        logger.info(
             "virtio-mock %s: %s: chain %d rejected: %s", self.where, self.peer.id, head, reason
         )
         self._event({"event": "chain_error", "head": head, "reason": reason})
@@ -448,7 +606,7 @@ class Device:
     def walk(self, head: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Validate the chain at ``head``: (readable, writable) lists of (addr, len)."""
         num, lo, hi = self.s.num, self.s.data_start, self.s.size
-        limit = self.options.max_message_bytes
+        limit = self.limits.max_message_bytes
         if head >= num:
             raise ChainError(f"head index {head} out of range (queue size {num})")
         readable: list[tuple[int, int]] = []
@@ -459,7 +617,12 @@ class Device:
         while True:
             seen.add(index)
             addr, length, flags, nxt = unpack(mem, base + 16 * index)
-            if flags & _BAD_FLAGS or length > limit or addr < lo or addr + length > hi:
+            if (
+                flags & _BAD_FLAGS
+                or addr < lo
+                or addr + length > hi
+                or (length > limit and not flags & VRING_DESC_F_WRITE)
+            ):
                 raise ChainError(self._bad_desc(index, addr, length, flags))
             if flags & VRING_DESC_F_WRITE:
                 writable.append((addr, length))
@@ -478,12 +641,12 @@ class Device:
             index = nxt
 
     def _bad_desc(self, index: int, addr: int, length: int, flags: int) -> str:
-        lo, hi, limit = self.s.data_start, self.s.size, self.options.max_message_bytes
+        lo, hi, limit = self.s.data_start, self.s.size, self.limits.max_message_bytes
         if flags & VRING_DESC_F_INDIRECT:
             return f"descriptor {index}: INDIRECT descriptors not negotiated"
         if flags & _BAD_FLAGS:
             return f"descriptor {index}: unknown flags {flags:#x}"
-        if length > limit:
+        if length > limit and not flags & VRING_DESC_F_WRITE:
             return f"descriptor {index}: length {length} exceeds the message limit {limit}"
         return (
             f"descriptor {index}: buffer [{addr:#x}, {addr + length:#x}) lies outside the "
@@ -535,10 +698,7 @@ class Device:
         try:
             written = self._write_reply(writable, reply)
         except Exception as exc:  # a reply the handler built badly
-            logger.exception("virtio-mock %s: cannot write the reply", self.where)
-            written = self._write_error(
-                writable, ("INTERNAL", f"cannot send the reply: {exc}", errno.EIO)
-            )
+            written = self._write_failed(writable, exc)
         finally:
             try:
                 payload.release()
@@ -553,7 +713,7 @@ class Device:
             if len(writable) != 1 or writable[0][1] < REPLY_HEADER_BYTES:
                 raise ChainError(
                     f"expected 1 device-writable descriptor of at least {REPLY_HEADER_BYTES} "
-                    f"bytes (reply header and data), got {[n for _, n in writable]}"
+                    f"bytes (reply header and data), got {[n for _, n in writable][:8]}"
                 )
             if not readable:
                 raise ChainError("expected a device-readable request header descriptor")
@@ -565,17 +725,12 @@ class Device:
         try:
             written = self._write_reply(writable[0], reply)
         except Exception as exc:  # a reply the handler built badly
-            logger.exception("virtio-mock %s: cannot write the reply", self.where)
-            written = self._write_error(
-                writable[0], ("INTERNAL", f"cannot send the reply: {exc}", errno.EIO)
-            )
+            written = self._write_failed(writable[0], exc)
         finally:
             self._release(views)
         self._complete(head, written)
 
-    def _run(
-        self, readable: list[tuple[int, int]], views: list[memoryview]
-    ) -> Message | tuple[str, str, int]:
+    def _run(self, readable: list[tuple[int, int]], views: list[memoryview]) -> Message | Failure:
         """Decode and serve one request: the reply, or (status, message, code). The request
         views opened into guest memory are appended to ``views``."""
         try:
@@ -589,11 +744,20 @@ class Device:
                 )
             if header.kind == KIND_FETCH:
                 try:
-                    return self._pending.pop(header.token)
+                    reply = self._parked.pop(header.token)
                 except KeyError:
                     raise ProtocolError(f"no pending reply with token {header.token}") from None
+                self._parked_bytes -= reply.nbytes
+                return reply
         except ProtocolError as exc:
             return ("INVALID_ARGUMENT", f"virtio-mock request: {exc}", errno.EINVAL)
+        limit = self.limits.max_message_bytes
+        size = header.payload_len + sum(n for _, n in readable[1:])
+        if size > limit:
+            return _over_limit(
+                f"{_name(method)}: request of {size} bytes exceeds the message size limit of "
+                f"{limit} bytes (--max-message-size)"
+            )
         start = addr + header.payload_offset
         view = self.view
         payload = view[start : start + header.payload_len].toreadonly()
@@ -605,15 +769,20 @@ class Device:
             buffers.append(b)
         return self._call_handler(method, Message(payload, buffers))
 
-    def _call_handler(self, method: str, request: Message) -> Message | tuple[str, str, int]:
+    def _call_handler(self, method: str, request: Message) -> Message | Failure:
         """The handler's reply, or (status, message, code) for a failed call."""
         try:
             return self.handler.handle(method, request, self.peer)
         except VaccelError as exc:
             return (status_for(exc), exc.message, exc.code)
         except Exception as exc:
-            logger.exception("virtio-mock %s: %s failed", self.where, method)
-            return ("INTERNAL", f"{method}: {type(exc).__name__}: {exc}", errno.EIO)
+            logger.exception("virtio-mock %s: %s failed", self.where, _name(method))
+            # The exception's text may name host paths: the guest gets its type only.
+            return (
+                "INTERNAL",
+                f"{_name(method)}: internal error ({type(exc).__name__}); see the agent's log",
+                errno.EIO,
+            )
 
     def _release(self, views: list[memoryview]) -> None:
         for v in views:
@@ -624,23 +793,41 @@ class Device:
                     "virtio-mock %s: %s kept a view of a request buffer after returning; its "
                     "contents change when the guest reuses that memory (copy what you keep)",
                     self.where,
-                    self._method,
+                    _name(self._method),
                 )
 
-    def _write_error(self, writable: tuple[int, int], error: tuple[str, str, int]) -> int:
-        data = pack_reply_error(*error)
-        addr = writable[0]
+    def _write_failed(self, writable: tuple[int, int], exc: Exception) -> int:
+        logger.error(
+            "virtio-mock %s: cannot write the reply of %s: %s: %s",
+            self.where,
+            _name(self._method),
+            type(exc).__name__,
+            exc,
+        )
+        error = (
+            "INTERNAL",
+            f"{_name(self._method)}: cannot send the reply ({type(exc).__name__}); see the "
+            "agent's log",
+            errno.EIO,
+        )
+        return self._write_error(writable, error)
+
+    def _write_error(self, writable: tuple[int, int], error: Failure) -> int:
+        """Write an error reply, cut to fit the writable buffer (never past its end)."""
+        addr, room = writable
+        data = pack_reply_error(*error, room=min(room, REPLY_HEADER_BYTES))
         self.view[addr : addr + len(data)] = data
         return len(data)
 
-    def _write_reply(self, writable: tuple[int, int], reply: Message | tuple[str, str, int]) -> int:
+    def _write_reply(self, writable: tuple[int, int], reply: Message | Failure) -> int:
         if isinstance(reply, tuple):
             return self._write_error(writable, reply)
         raw = reply.payload
+        limit = self.limits.max_message_bytes
         if not reply.buffers and type(raw) is bytes:  # the common small reply, kept short
             hdr, room = writable
             n = len(raw)
-            if REPLY_HEADER_BYTES + n <= room:
+            if REPLY_HEADER_BYTES + n <= room and n <= limit:
                 mem = self.ring.mem
                 mem[hdr + REPLY_HEADER_BYTES : hdr + REPLY_HEADER_BYTES + n] = raw
                 REP_HEADER.pack_into(mem, hdr, REP_MAGIC, PROTOCOL_VERSION, REPLY_OK, 0, 0, 0, n)
@@ -657,13 +844,23 @@ class Device:
                 ),
             )
         lens = [b.nbytes for b in buffers]
+        size = payload.nbytes + sum(lens)
+        if size > limit:
+            return self._write_error(
+                writable,
+                _over_limit(
+                    f"{_name(self._method)}: reply of {size} bytes exceeds the message size "
+                    f"limit of {limit} bytes (--max-message-size)"
+                ),
+            )
         offsets, total = data_layout(payload.nbytes, lens)
         hdr, room = writable
         view = self.view
         if REPLY_HEADER_BYTES + total > room:
-            token = next(self._tokens)
-            self._stash(token, payload, buffers)
-            head = pack_reply_need_space(token, payload.nbytes, lens)
+            refused = self._park(payload, buffers, size, room - REPLY_HEADER_BYTES)
+            if refused is not None:
+                return self._write_error(writable, refused)
+            head = pack_reply_need_space(next(reversed(self._parked)), payload.nbytes, lens)
             view[hdr : hdr + len(head)] = head
             return len(head)
         data = hdr + REPLY_HEADER_BYTES
@@ -674,19 +871,37 @@ class Device:
         view[hdr : hdr + len(head)] = head
         return REPLY_HEADER_BYTES + total
 
-    def _stash(self, token: int, payload: memoryview, buffers: list[memoryview]) -> None:
-        """Keep a reply for the guest's FETCH; copies what aliases guest memory."""
+    def _park(
+        self, payload: memoryview, buffers: list[memoryview], size: int, room: int
+    ) -> Failure | None:
+        """Keep a reply for the guest's FETCH (copying what aliases guest memory), or the
+        error when that would pass what one guest may leave parked."""
+        lim, count, held = self.limits, len(self._parked), self._parked_bytes
+        what = (
+            f"{_name(self._method)}: the reply of {size} bytes does not fit the {room}-byte "
+            f"reply area and cannot be kept for FETCH"
+        )
+        if count >= lim.max_parked_replies:
+            return _over_limit(
+                f"{what}: this guest already has {count} replies awaiting FETCH (limit "
+                f"{lim.max_parked_replies} replies, virtio_mock_max_parked_replies)"
+            )
+        if held + size > lim.max_parked_bytes:
+            return _over_limit(
+                f"{what}: this guest already has {held} bytes of replies awaiting FETCH (limit "
+                f"{lim.max_parked_bytes} bytes, virtio_mock_max_parked_bytes)"
+            )
         base = int(np.frombuffer(self.s.mem, dtype=np.uint8, count=1).ctypes.data)  # type: ignore[arg-type]
-        size = self.s.size
+        end = base + self.s.size
 
         def owned(b: memoryview) -> memoryview | bytes:
-            if b.nbytes and base <= int(np.frombuffer(b, np.uint8).ctypes.data) < base + size:
+            if b.nbytes and base <= int(np.frombuffer(b, np.uint8).ctypes.data) < end:
                 return bytes(b)
             return b
 
-        self._pending[token] = Message(owned(payload), [owned(b) for b in buffers])
-        while len(self._pending) > MAX_PENDING_REPLIES:
-            self._pending.popitem(last=False)
+        self._parked[next(self._tokens)] = Message(owned(payload), [owned(b) for b in buffers])
+        self._parked_bytes += size
+        return None
 
 
 def _flat(buf: Any) -> memoryview:
@@ -701,14 +916,21 @@ def _flat(buf: Any) -> memoryview:
 def _int(message: dict[str, Any], key: str) -> int:
     value = message.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ProtocolError(
-            f"{message.get('req')}: {key!r} must be a non-negative integer, got {value!r}"
+        raise SetupError(
+            f"{message.get('req')}: {key!r} must be a non-negative integer, got {clip(value)}"
         )
     return value
 
 
 class VirtioMockListener(Listener):
-    """Accepts guests on the control socket; one :class:`Device` (and thread) per guest."""
+    """Accepts guests on the control socket.
+
+    Three kinds of threads: one accepts (refusing connections over ``max_connections`` at
+    once), one sets up every guest that has not finished its set-up (a poll loop: a pending
+    connection costs no thread; those past ``handshake_timeout`` are closed), and each device
+    that finished set-up (at most ``max_clients``) serves its queue in its own thread (and a
+    watcher thread). A failure that concerns one connection, thread creation included, ends
+    that connection only."""
 
     def __init__(self, address: Address, handler: Handler, options: TransportOptions) -> None:
         from .driver import control_path
@@ -717,8 +939,12 @@ class VirtioMockListener(Listener):
         self.address = f"virtio-mock://{self.path}"
         self.handler = handler
         self.options = options
-        self._devices: list[Device] = []
+        self.limits = DeviceLimits.from_options(options)
         self._lock = threading.Lock()
+        self._devices: set[Device] = set()  # serving
+        self._incoming: list[socket.socket] = []  # accepted, not yet with the set-up thread
+        self._open = 0  # control connections accepted and not yet closed
+        self._refusing = False
         self._stopped = False
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
 
@@ -742,36 +968,255 @@ class VirtioMockListener(Listener):
             self._sock.close()
             raise
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._setup_thread = threading.Thread(
+            target=self._setup_loop, name=f"virtio-mock setup {self.path}", daemon=True
+        )
         self._thread = threading.Thread(
             target=self._accept_loop, name=f"virtio-mock accept {self.path}", daemon=True
         )
-        self._thread.start()
-
-    def _accept_loop(self) -> None:
-        accept_loop(self._sock, self._stop_fd, self._start_device, f"virtio-mock {self.address}")
-
-    def _start_device(self, conn: socket.socket) -> None:
-        device = Device(conn, self.handler, self.options, self._stop_fd, self.address)
-        with self._lock:
-            self._devices = [d for d in self._devices if d.thread.is_alive()]
-            self._devices.append(device)
-        device.thread.start()
+        try:
+            self._setup_thread.start()
+            self._thread.start()
+        except BaseException:
+            self.stop(1)
+            raise
 
     @property
     def devices(self) -> list[Device]:
+        """The devices serving now (set-up finished)."""
         with self._lock:
-            return [d for d in self._devices if d.thread.is_alive()]
+            return list(self._devices)
 
-    def stop(self, grace: float = 5.0) -> None:
-        if self._stopped:
+    @property
+    def open_connections(self) -> int:
+        """Control connections open now (in set-up or serving)."""
+        with self._lock:
+            return self._open
+
+    # Accepting ----------------------------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        accept_loop(self._sock, self._stop_fd, self._accepted, f"virtio-mock {self.address}")
+
+    def _accepted(self, conn: socket.socket) -> None:
+        limit = self.limits.max_connections
+        with self._lock:
+            full = self._open >= limit
+            if not full:
+                self._open += 1
+                self._incoming.append(conn)
+                refusing, self._refusing = self._refusing, False
+        if full:
+            self._refuse_connection(conn, limit)
             return
-        self._stopped = True
+        if refusing:
+            logger.warning("virtio-mock %s: accepting connections again", self.address)
+        os.eventfd_write(self._wake, 1)
+
+    def _refuse_connection(self, conn: socket.socket, limit: int) -> None:
+        error = _limit_error(
+            f"this listener already has {limit} open connections (limit {limit}, --max-connections)"
+        )
+        with self._lock:
+            first, self._refusing = not self._refusing, True
+        if first:
+            logger.warning(
+                "virtio-mock %s: refusing connections: %d open (--max-connections)",
+                self.address,
+                limit,
+            )
+        with contextlib.suppress(OSError):
+            conn.setblocking(False)
+            send_control(conn, error.reply())
+        conn.close()
+
+    # Set-up -------------------------------------------------------------------------------------
+    def _setup_loop(self) -> None:
+        """Set up every pending guest, one control message at a time, in this one thread."""
+        poller = select.poll()
+        poller.register(self._stop_fd, select.POLLIN)
+        poller.register(self._wake, select.POLLIN)
+        pending: dict[int, Device] = {}
+        try:
+            while True:
+                timeout: float | None = None
+                if pending:
+                    soonest = min(d.deadline for d in pending.values())
+                    timeout = max(0.0, soonest - time.monotonic()) * 1000.0
+                events = poller.poll(timeout)
+                for fd, _ev in events:
+                    if fd == self._stop_fd:
+                        return
+                    if fd == self._wake:
+                        self._take_incoming(poller, pending)
+                        continue
+                    device = pending.get(fd)
+                    if device is None:
+                        continue
+                    try:
+                        self._setup_input(device, poller, pending)
+                    except Exception:  # a bug: this guest goes, the others stay
+                        logger.exception(
+                            "virtio-mock %s: set-up of %s failed", self.address, device.peer.id
+                        )
+                        self._drop(device, poller, pending)
+                now = time.monotonic()
+                for device in [d for d in pending.values() if d.deadline <= now]:
+                    logger.warning(
+                        "virtio-mock %s: %s did not finish set-up in %.1fs (--handshake-timeout)",
+                        self.address,
+                        device.peer.id,
+                        self.limits.handshake_timeout,
+                    )
+                    self._drop(device, poller, pending)
+        finally:
+            for device in list(pending.values()):
+                self._drop(device, poller, pending)
+
+    def _take_incoming(self, poller: select.poll, pending: dict[int, Device]) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._wake)
+        with self._lock:
+            conns, self._incoming = self._incoming, []
+        for conn in conns:
+            device = Device(
+                conn, self.handler, self.limits, self._stop_fd, self.address, self._device_exited
+            )
+            try:
+                conn.setblocking(False)
+                fd = conn.fileno()
+                poller.register(fd, select.POLLIN)
+            except (OSError, ValueError):
+                device.close()
+                self._closed_one()
+                continue
+            pending[fd] = device
+
+    def _setup_input(self, device: Device, poller: select.poll, pending: dict[int, Device]) -> None:
+        """Read and answer one control message of a guest in set-up."""
+        try:
+            message, fds = recv_control(device.conn)
+        except BlockingIOError:
+            return
+        except ProtocolError as exc:  # junk: answered, the guest may go on
+            self._answer(device, {"ok": False, "error": str(exc)}, poller, pending)
+            return
+        except OSError as exc:
+            logger.info("virtio-mock %s: %s: control socket: %s", self.address, device.peer.id, exc)
+            self._drop(device, poller, pending)
+            return
+        if message is None:  # the guest hung up
+            self._drop(device, poller, pending)
+            return
+        reply = device.setup(message, fds)
+        if not device.enabled:
+            self._answer(device, reply, poller, pending)
+            return
+        # Set-up finished: the device leaves this loop, and serves in its own thread.
+        poller.unregister(device.conn.fileno())
+        del pending[device.conn.fileno()]
+        refusal = self._admit(device)
+        if refusal is not None:
+            with contextlib.suppress(OSError):
+                send_control(device.conn, refusal)
+            device.close()
+            self._closed_one()
+            return
+        try:
+            with contextlib.suppress(OSError):  # a guest gone meanwhile: its device sees it
+                send_control(device.conn, reply)
+        finally:
+            device.admitted.set()
+
+    def _answer(
+        self,
+        device: Device,
+        reply: dict[str, Any],
+        poller: select.poll,
+        pending: dict[int, Device],
+    ) -> None:
+        try:
+            send_control(device.conn, reply)
+        except BlockingIOError:
+            logger.warning(
+                "virtio-mock %s: %s does not read the set-up replies; dropped",
+                self.address,
+                device.peer.id,
+            )
+            self._drop(device, poller, pending)
+        except OSError:
+            self._drop(device, poller, pending)
+
+    def _admit(self, device: Device) -> dict[str, Any] | None:
+        """Start serving ``device``; the refusal to send instead, when it may not."""
+        limit = self.limits.max_clients
+        with self._lock:
+            if self._stopped:
+                return {"ok": False, "error": "the agent is stopping"}
+            if len(self._devices) >= limit:
+                return _limit_error(
+                    f"SET_VRING_ENABLE: this listener already serves {limit} guests (limit "
+                    f"{limit}, --max-clients)"
+                ).reply()
+            self._devices.add(device)
+        try:
+            device.start()
+        except RuntimeError as exc:  # can't start new thread
+            with self._lock:
+                self._devices.discard(device)
+            logger.warning(
+                "virtio-mock %s: cannot start a device thread for %s: %s",
+                self.address,
+                device.peer.id,
+                exc,
+            )
+            return SetupError(
+                "SET_VRING_ENABLE: cannot start the device: the agent cannot start a thread "
+                "now; try again later",
+                "RESOURCE_EXHAUSTED",
+                errno.ENOMEM,
+            ).reply()
+        return None
+
+    def _drop(self, device: Device, poller: select.poll, pending: dict[int, Device]) -> None:
+        """Close a connection still in set-up."""
+        fd = device.conn.fileno()
+        if pending.pop(fd, None) is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                poller.unregister(fd)
+        device.close()
+        self._closed_one()
+
+    def _closed_one(self) -> None:
+        with self._lock:
+            self._open -= 1
+
+    def _device_exited(self, device: Device) -> None:
+        with self._lock:
+            self._devices.discard(device)
+            self._open -= 1
+
+    # Stopping -----------------------------------------------------------------------------------
+    def stop(self, grace: float = 5.0) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         os.eventfd_write(self._stop_fd, 1)
         deadline = time.monotonic() + grace
-        self._thread.join(grace)
+        for thread in (self._thread, self._setup_thread):
+            if thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
         self._sock.close()
+        with self._lock:
+            leftover, self._incoming = self._incoming, []
+        for conn in leftover:
+            conn.close()
+            self._closed_one()
         for device in self.devices:
             device.thread.join(max(0.0, deadline - time.monotonic()))
+        if not self._thread.is_alive() and not self._setup_thread.is_alive():
+            os.close(self._wake)
         os.close(self._stop_fd)

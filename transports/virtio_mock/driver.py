@@ -144,17 +144,26 @@ class VirtioMockChannel(Channel):
         return RemoteError(f"virtio-mock device at {self.address} is unreachable: {why}")
 
     def _connect(self, timeout: float) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(self._path)
-        except FileNotFoundError:
-            sock.close()
-            raise self._unreachable(f"no control socket at {self._path!r}") from None
-        except OSError as exc:
-            sock.close()
-            raise self._unreachable(os.strerror(exc.errno or 0) or str(exc)) from exc
-        return sock
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(self._path)
+                return sock
+            except FileNotFoundError:
+                sock.close()
+                raise self._unreachable(f"no control socket at {self._path!r}") from None
+            except BlockingIOError:  # the listen backlog is full: wait for room
+                sock.close()
+                if time.monotonic() >= deadline:
+                    raise self._unreachable(
+                        f"the device's listen backlog stayed full for {timeout}s"
+                    ) from None
+                time.sleep(0.01)
+            except OSError as exc:
+                sock.close()
+                raise self._unreachable(os.strerror(exc.errno or 0) or str(exc)) from exc
 
     def _setup_memory(self) -> None:
         num = self.queue_size
@@ -217,14 +226,54 @@ class VirtioMockChannel(Channel):
         self._fds.append(self._call)
 
     def _request(self, message: dict[str, Any], fds: Sequence[int] = ()) -> dict[str, Any]:
-        send_control(self._ctl, message, fds)
-        reply, got = recv_control(self._ctl)
+        req = message["req"]
+        try:
+            send_control(self._ctl, message, fds)
+        except OSError:
+            # The device may have refused the connection (a limit) and closed it at once:
+            # its reason is still queued here.
+            refusal = self._queued_reply()
+            if refusal is None:
+                raise
+            reply: dict[str, Any] | None = refusal
+        else:
+            try:
+                reply, got = recv_control(self._ctl)
+            except ConnectionResetError:
+                # Closed with our request unread: the kernel reports the reset first, then
+                # gives what the device sent before closing (a refusal).
+                reply, got = self._queued_reply(), []
+                if reply is None:
+                    raise
+            for fd in got:
+                os.close(fd)
+        if reply is None:
+            raise self._unreachable(f"device closed the control socket during {req}")
+        if not reply.get("ok"):
+            error = str(reply.get("error"))
+            status = reply.get("status")
+            if isinstance(status, str):  # a limit: RESOURCE_EXHAUSTED and its errno
+                code = reply.get("code")
+                raise CallError(
+                    status,
+                    f"virtio-mock device at {self.address}: {error}",
+                    code=code if isinstance(code, int) else errno.EIO,
+                )
+            raise self._unreachable(f"device refused {req}: {error}")
+        return reply
+
+    def _queued_reply(self) -> dict[str, Any] | None:
+        """A control message already received (not waiting for one), or None."""
+        timeout = self._ctl.gettimeout()
+        self._ctl.settimeout(0.0)
+        try:
+            reply, got = recv_control(self._ctl)
+        except (OSError, ProtocolError):
+            return None
+        finally:
+            self._ctl.settimeout(timeout)
         for fd in got:
             os.close(fd)
-        if reply is None:
-            raise self._unreachable(f"device closed the control socket during {message['req']}")
-        if not reply.get("ok"):
-            raise self._unreachable(f"device refused {message['req']}: {reply.get('error')}")
         return reply
 
     def _handshake(self, timeout: float) -> str:

@@ -2,8 +2,11 @@
 
 Control socket (``SOCK_SEQPACKET``, unix): vhost-user style requests, one JSON object per
 packet, file descriptors attached with ``SCM_RIGHTS``; the device answers each with
-``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. After set-up the device may send
-``{"event": "chain_error", "head": H, "reason": "..."}`` before completing a chain it rejected.
+``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``; a refusal for a limit adds
+``"status": "RESOURCE_EXHAUSTED"`` and ``"code"`` (an errno), and may come unasked, right
+before the device closes the connection (too many connections). After set-up the device may
+send ``{"event": "chain_error", "head": H, "reason": "..."}`` before completing a chain it
+rejected, and answers any further request with ``{"ok": false, ...}``.
 
 A request is one descriptor chain::
 
@@ -24,6 +27,8 @@ import socket
 import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+from vaccel_core.errors import clip
 
 PROTOCOL_VERSION = 1
 CONTROL_PACKET_BYTES = 65536
@@ -114,7 +119,9 @@ def unpack_request_header(mem: Any, addr: int, length: int) -> RequestHeader:
     try:
         method = bytes(raw).decode()
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"request header: method name is not UTF-8: {bytes(raw)!r}") from exc
+        raise ProtocolError(
+            f"request header: method name is not UTF-8: {clip(bytes(raw))}"
+        ) from exc
     return RequestHeader(kind, method, nbuf, token, start, payload_len)
 
 
@@ -135,12 +142,36 @@ def pack_reply_need_space(token: int, payload_len: int, buffer_lens: Sequence[in
     return head + b"".join(REP_LEN.pack(n) for n in buffer_lens)
 
 
-def pack_reply_error(status: str, message: str, code: int) -> bytes:
-    room = REPLY_HEADER_BYTES - REP_HEADER.size
-    text = json.dumps({"status": status, "message": message}).encode()
+#: Ends an error message cut to fit the reply header.
+TRUNCATED = " [truncated]"
+_STATUS_CHARS = 64
+
+
+def _error_text(status: str, message: str) -> bytes:
+    return json.dumps({"status": status, "message": message}).encode()
+
+
+def pack_reply_error(status: str, message: str, code: int, room: int = REPLY_HEADER_BYTES) -> bytes:
+    """An error reply (header and JSON text) of at most ``room`` bytes, always decodable: a
+    message whose JSON form (escapes included: a control character takes 6 bytes, a
+    non-ASCII one 6 or 12) does not fit is cut to the longest prefix that fits with
+    ``" [truncated]"`` after it."""
+    if room < REP_HEADER.size + 256:
+        raise ValueError(
+            f"error reply: {room} bytes of room, need at least {REP_HEADER.size + 256}"
+        )
+    room -= REP_HEADER.size
+    status = str(status)[:_STATUS_CHARS]
+    text = _error_text(status, message)
     if len(text) > room:
-        cut = message.encode()[: room - 200].decode(errors="ignore") + " [truncated]"
-        text = json.dumps({"status": status, "message": cut}).encode()
+        lo, hi = 0, min(len(message), room)  # every character takes at least one byte
+        while lo < hi:  # the longest prefix that fits, marker included
+            mid = (lo + hi + 1) // 2
+            if len(_error_text(status, message[:mid] + TRUNCATED)) <= room:
+                lo = mid
+            else:
+                hi = mid - 1
+        text = _error_text(status, message[:lo] + TRUNCATED)
     return REP_HEADER.pack(REP_MAGIC, PROTOCOL_VERSION, REPLY_ERROR, code, 0, 0, len(text)) + text
 
 
@@ -195,14 +226,14 @@ def recv_control(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]
         raise ProtocolError("control message truncated (too large or too many fds)")
     try:
         message = json.loads(data.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
         for fd in fds:
             _close_quietly(fd)
-        raise ProtocolError(f"control message is not JSON: {data[:80]!r}") from exc
+        raise ProtocolError(f"control message is not JSON: {clip(data)}") from exc
     if not isinstance(message, dict):
         for fd in fds:
             _close_quietly(fd)
-        raise ProtocolError(f"control message: expected a JSON object, got {data[:80]!r}")
+        raise ProtocolError(f"control message: expected a JSON object, got {clip(data)}")
     return message, list(fds)
 
 
