@@ -167,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(config)
     from .allocator import tune_allocator
+    from .fdlimit import ensure_fd_room
     from .server import Agent
 
     tune_allocator()
@@ -196,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, on_signal)
     try:
         agent = Agent(addresses, config=config, options=options, session_ttl=args.session_ttl)
+        ensure_fd_room(len(addresses), agent.limits.max_connections)
         agent.start()
     except VaccelError as exc:
         print(f"vaccel-agent: error: {exc}", file=sys.stderr)
