@@ -30,7 +30,9 @@ from vaccel_core.errors import (
     BackendError,
     InvalidArgumentError,
     NotFoundError,
+    OutOfMemoryError,
     VaccelError,
+    clip,
 )
 from vaccel_core.flags import PluginType
 from vaccel_core.log import logger as _vaccel_logger
@@ -42,9 +44,17 @@ from vaccel_core.transport import Buffer, CallError, Message, Peer, status_for
 from vaccel_plugins.rpc import codec
 
 from .blobs import BlobStore, check_digest
-from .limits import Limits
+from .limits import Limits, limit_error
 
 logger = _vaccel_logger.getChild("agent")
+
+
+def _os_error(what: str, exc: OSError) -> VaccelError:
+    """``what`` with the reason of ``exc`` but none of its paths (those are the agent's)."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfMemoryError(f"{what} ({reason})")
+    return VaccelError(f"{what} ({reason})", code=errno.EIO)
 
 
 def call_error(exc: VaccelError) -> CallError:
@@ -54,12 +64,30 @@ def call_error(exc: VaccelError) -> CallError:
     return CallError(status_for(exc), exc.message, code=exc.code)
 
 
+#: Longest resource file name, in bytes of UTF-8 (NAME_MAX of Linux file systems).
+MAX_FILE_NAME_BYTES = 255
+
+
 def _check_file_name(name: str) -> str:
-    if not name or "/" in name or "\0" in name or name in {".", ".."}:
-        raise InvalidArgumentError(
-            f"RegisterResource: argument 'files': expected a plain file name, got {name!r}"
-        )
-    return name
+    """A plain file name the agent may create in a resource folder, or INVALID_ARGUMENT."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if not name:
+        why = "is empty"
+    elif size > MAX_FILE_NAME_BYTES:
+        why = f"is {size} bytes long (at most {MAX_FILE_NAME_BYTES})"
+    elif "/" in name:
+        why = "contains '/'"
+    elif "\0" in name:
+        why = "contains NUL"
+    elif name in {".", ".."}:
+        why = "is '.' or '..'"
+    else:
+        return name
+    raise InvalidArgumentError(
+        f"RegisterResource: argument 'files': expected a plain file name (1 to "
+        f"{MAX_FILE_NAME_BYTES} bytes of UTF-8, no '/' or NUL, not '.' or '..'); "
+        f"{clip(name)} {why}"
+    )
 
 
 @dataclass
@@ -67,6 +95,7 @@ class _AgentResource:
     resource: Resource
     digests: list[str]
     folder: Path
+    owner: str  # the client whose blobs it uses
 
 
 @dataclass
@@ -115,6 +144,9 @@ class AgentService:
             blob_root,
             max_blob_bytes=self.limits.max_blob_bytes or None,
             quota_bytes=self.limits.blob_quota_bytes or None,
+            max_client_bytes=self.limits.max_client_blob_bytes or None,
+            max_uploads=self.limits.max_uploads,
+            upload_idle_timeout=self.limits.upload_idle_timeout,
         )
         self._lock = threading.RLock()
         self._sessions: dict[int, _AgentSession] = {}
@@ -173,7 +205,7 @@ class AgentService:
             gone = [s for s in self._sessions.values() if s.owner == peer.id]
         for record in gone:
             self._release(record, "its client disconnected")
-        self.blobs.drop_unused(owner=peer.id)
+        self.blobs.drop_owner(peer.id)  # its uploads, reservations and blobs
         logger.info(
             "client %s disconnected (%s); released %d session(s)",
             peer.id,
@@ -232,7 +264,7 @@ class AgentService:
 
     def _drop_files(self, res: _AgentResource) -> None:
         shutil.rmtree(res.folder, ignore_errors=True)
-        self.blobs.release(res.digests)
+        self.blobs.release(res.owner, res.digests)
 
     def reap(self, now: float | None = None) -> int:
         """Release sessions idle for longer than the TTL, and those of clients that never
@@ -248,7 +280,7 @@ class AgentService:
                     idle.append((record, limit))
         for record, limit in idle:
             self._release(record, f"idle for more than {limit:g} s")
-        self.blobs.drop_unused(idle=max(self.session_ttl or 0.0, self.unattached_ttl, 60.0))
+        self.blobs.reap(now)  # idle uploads, and blobs uploaded but never used
         if idle:
             self._log_counts()
         return len(idle)
@@ -350,8 +382,24 @@ class AgentService:
     def _put_blob(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
         chunk = codec.Decoder(buffers, "PutBlob").data(msg.data, "data")
         received = self.blobs.put(msg.sha256, msg.size, msg.offset, memoryview(chunk), peer.id)
-        complete = received == msg.size and self.blobs.has(msg.sha256)
+        # Complete once *this* client holds the whole blob: what others hold never shows.
+        complete = received == msg.size and self.blobs.holds(peer.id, msg.sha256)
         return self.pb.PutBlobResponse(complete=complete, received=received), ()
+
+    def _client_resources(self, owner: str) -> int:
+        """Resources ``owner`` holds, all its sessions together."""
+        with self._lock:
+            return sum(len(r.resources) for r in self._sessions.values() if r.owner == owner)
+
+    def _check_resource_count(self, owner: str) -> None:
+        held, limit = self._client_resources(owner), self.limits.max_resources
+        if held >= limit:
+            raise limit_error(
+                "RegisterResource",
+                "max_resources",
+                f"this client holds {held} resources (limit {limit}, all its sessions "
+                f"together); unregister one first",
+            )
 
     def _register_resource(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
         record = self._session(msg.session_id, peer, "RegisterResource")
@@ -364,56 +412,56 @@ class AgentService:
             ) from None
         if not msg.files:
             raise InvalidArgumentError("RegisterResource: argument 'files': expected at least one")
-        names: list[str] = []
-        digests: list[str] = []
+        if len(msg.files) > self.limits.max_resource_files:
+            raise limit_error(
+                "RegisterResource",
+                "max_resource_files",
+                f"argument 'files': {len(msg.files)} files in one resource (limit "
+                f"{self.limits.max_resource_files})",
+            )
+        self._check_resource_count(peer.id)
+        files: list[tuple[str, str, int]] = []
+        seen: set[str] = set()
         for f in msg.files:
             name = _check_file_name(f.name)
-            if name in names:
+            if name in seen:
                 raise InvalidArgumentError(
-                    f"RegisterResource: argument 'files': duplicate file name {name!r}"
+                    f"RegisterResource: argument 'files': duplicate file name {clip(name)}"
                 )
-            names.append(name)
-            digests.append(check_digest(f.sha256, f"RegisterResource: file {name!r}"))
-        missing = sorted({d for d in digests if not self.blobs.has(d)})
+            seen.add(name)
+            digest = check_digest(f.sha256, f"RegisterResource: file {clip(name)}: sha256")
+            files.append((name, digest, f.size))
+        # Only blobs this client uploaded itself count: the same answer whether another
+        # client holds a digest or nobody does.
+        missing = self.blobs.acquire(peer.id, files, "RegisterResource")
         if missing:
             return self.pb.RegisterResourceResponse(missing_blobs=missing), ()
-        for f, digest in zip(msg.files, digests, strict=True):
-            size = self.blobs.size(digest)
-            if f.size != size:
-                raise InvalidArgumentError(
-                    f"RegisterResource: file {f.name!r}: size {f.size} differs from the "
-                    f"{size} bytes of blob {digest[:12]}"
-                )
-        self.blobs.acquire(digests)
-        self.blobs.hits += len(digests)
-        folder = Path(tempfile.mkdtemp(prefix="resource-", dir=self.blobs.root))
+        digests = [digest for _, digest, _ in files]
+        folder: Path | None = None
         try:
-            paths = []
-            for name, digest in zip(names, digests, strict=True):
-                target = folder / name
-                try:
-                    os.link(self.blobs.path(digest), target)
-                except OSError:
-                    shutil.copyfile(self.blobs.path(digest), target)
-                paths.append(target)
-            resource = Resource(paths, rtype)
+            folder = self._resource_folder(files)
+            resource = Resource([folder / name for name, _, _ in files], rtype)
             resource.register(record.session)
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            self.blobs.release(digests)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            self.blobs.release(peer.id, digests)
             raise
-        entry = _AgentResource(resource, digests, folder)
+        entry = _AgentResource(resource, digests, folder, peer.id)
         with self._lock:
             # The session may have been released meanwhile (its client went away, it idled
             # out, the agent is stopping): it would never release a resource added now.
             closed = self._closed
             live = not closed and self._sessions.get(record.id) is record
-            if live:
+            over = live and self._client_resources(peer.id) >= self.limits.max_resources
+            if live and not over:
                 record.resources[resource.id] = entry
-        if not live:
+        if not live or over:
             with contextlib.suppress(VaccelError):
                 resource.unregister(record.session)
             self._drop_files(entry)
+            if over:  # another call of this client registered one meanwhile
+                self._check_resource_count(peer.id)
             if closed:
                 raise CallError(
                     "UNAVAILABLE", "RegisterResource: the agent is stopping", code=errno.EIO
@@ -423,14 +471,40 @@ class AgentService:
                 f"resource was being registered)"
             )
         logger.debug(
-            "session %d: resource %d registered (%s, %s)",
+            "session %d: resource %d registered (%s, %d file(s))",
             record.id,
             resource.id,
             rtype.name,
-            ", ".join(names),
+            len(files),
         )
         self._log_counts()
         return self.pb.RegisterResourceResponse(resource_id=resource.id), ()
+
+    def _resource_folder(self, files: Sequence[tuple[str, str, int]]) -> Path:
+        """A new folder of the store with each blob under its file name (hard links, else
+        copies). An OSError reaches the client described without the agent's paths (which go
+        to the agent's debug log)."""
+        try:
+            folder = Path(tempfile.mkdtemp(prefix="resource-", dir=self.blobs.root))
+        except OSError as exc:
+            logger.debug("RegisterResource: cannot make a folder in %s: %s", self.blobs.root, exc)
+            raise _os_error(
+                "RegisterResource: the agent cannot make the resource's folder", exc
+            ) from None
+        for name, digest, _ in files:
+            source, target = self.blobs.path(digest), folder / name
+            try:
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copyfile(source, target)
+            except OSError as exc:
+                shutil.rmtree(folder, ignore_errors=True)
+                logger.debug("RegisterResource: cannot place %s at %s: %s", source, target, exc)
+                raise _os_error(
+                    f"RegisterResource: file {clip(name)}: the agent cannot place it", exc
+                ) from None
+        return folder
 
     def _resource(self, record: _AgentSession, resource_id: int, what: str) -> _AgentResource:
         res = record.resources.get(resource_id)
@@ -442,23 +516,91 @@ class AgentService:
 
     def _unregister_resource(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
         record = self._session(msg.session_id, peer, "UnregisterResource")
-        res = self._resource(record, msg.resource_id, "UnregisterResource")
-        res.resource.unregister(record.session)
-        del record.resources[msg.resource_id]
-        self._drop_files(res)
+        with self._lock:  # one of two concurrent calls unregisters it; the other: NOT_FOUND
+            res = self._resource(record, msg.resource_id, "UnregisterResource")
+            del record.resources[msg.resource_id]
+        try:
+            res.resource.unregister(record.session)
+        finally:
+            self._drop_files(res)
         self._log_counts()
         return self.pb.UnregisterResourceResponse(), ()
 
     def _sync_resource(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
+        """The resource's files: all of them whole (refused before anything is read when they
+        would not fit one reply), or one piece of at most one reply (``msg.piece``)."""
         record = self._session(msg.session_id, peer, "SyncResource")
         res = self._resource(record, msg.resource_id, "SyncResource")
+        names = [f.name for f in res.resource.files]
+        paths = res.resource.local_paths()
+        sizes = [self._file_size(path, name) for path, name in zip(paths, names, strict=True)]
+        # What a reply carries besides file bytes: names, sizes, digests, framing.
+        overhead = 1024 + sum(len(n.encode()) + 96 for n in names)
+        room = self.limits.max_message_bytes - overhead
         reply = self.pb.SyncResourceResponse()
         encoder = codec.Encoder(self.inline_limit)
-        for f, path in zip(res.resource.files, res.resource.local_paths(), strict=True):
-            data = path.read_bytes()
-            entry = reply.files.add(name=f.name, sha256=hashlib.sha256(data).hexdigest())
-            encoder.data(entry.data, data)
+        if not msg.HasField("piece"):
+            total = sum(sizes)
+            if total > room:
+                raise limit_error(
+                    "SyncResource",
+                    "max_message_bytes",
+                    f"resource {msg.resource_id}: its {len(names)} file(s) total {total} "
+                    f"bytes, more than one reply may carry ({self.limits.max_message_bytes} "
+                    f"bytes); read it in pieces (SyncResourceRequest.piece)",
+                )
+            for name, path, size in zip(names, paths, sizes, strict=True):
+                data = self._read(path, name, 0, size)
+                entry = reply.files.add(
+                    name=name, size=size, sha256=hashlib.sha256(data).hexdigest()
+                )
+                encoder.data(entry.data, data)
+            return reply, encoder.buffers
+        piece = msg.piece
+        if piece.file >= len(names):
+            raise InvalidArgumentError(
+                f"SyncResource: argument 'piece.file': expected a file index below "
+                f"{len(names)}, got {piece.file}"
+            )
+        if piece.offset > sizes[piece.file]:
+            raise InvalidArgumentError(
+                f"SyncResource: argument 'piece.offset': expected at most "
+                f"{sizes[piece.file]} (the size of file {piece.file}), got {piece.offset}"
+            )
+        budget = max(min(piece.length or room, room), 1)
+        entries = [reply.files.add(name=n, size=s) for n, s in zip(names, sizes, strict=True)]
+        index, offset = piece.file, piece.offset
+        while budget > 0 and index < len(names):
+            take = min(sizes[index] - offset, budget)
+            if take > 0:
+                data = self._read(paths[index], names[index], offset, take)
+                encoder.data(entries[index].data, data)
+                budget -= len(data)
+            index, offset = index + 1, 0
         return reply, encoder.buffers
+
+    @staticmethod
+    def _file_size(path: Path, name: str) -> int:
+        try:
+            return path.stat().st_size
+        except OSError as exc:
+            logger.debug("SyncResource: cannot stat %s: %s", path, exc)
+            raise _os_error(
+                f"SyncResource: file {clip(name)}: the agent cannot read it", exc
+            ) from None
+
+    @staticmethod
+    def _read(path: Path, name: str, offset: int, size: int) -> bytes:
+        """At most ``size`` bytes of a resource file from ``offset``."""
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(size)
+        except OSError as exc:
+            logger.debug("SyncResource: cannot read %s: %s", path, exc)
+            raise _os_error(
+                f"SyncResource: file {clip(name)}: the agent cannot read it", exc
+            ) from None
 
     def _run(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
         case = msg.WhichOneof("args")

@@ -25,12 +25,47 @@ def put(svc: Any, peer: Peer, digest: str, size: int, offset: int, chunk: bytes)
 
 
 def blob(n: int, seed: int = 0) -> tuple[bytes, str]:
-    data = bytes((i * 7 + seed) % 256 for i in range(n))
+    period = bytes((i * 7 + seed) % 256 for i in range(256))
+    data = (period * (n // 256 + 1))[:n]
     return data, hashlib.sha256(data).hexdigest()
 
 
 def partials(svc: Any) -> list[str]:
     return sorted(p.name for p in svc.blobs.root.iterdir() if p.name.endswith(".partial"))
+
+
+def call(svc: Any, method: str, msg: Any, reply_type: Any, peer: Peer) -> tuple[Any, list[Any]]:
+    """One call into the service: the parsed reply and its out-of-band buffers."""
+    reply = svc.handle(method, Message(msg.SerializeToString()), peer)
+    return reply_type.FromString(bytes(reply.payload)), list(reply.buffers)
+
+
+def upload(svc: Any, peer: Peer, data: bytes, chunk: int = 1 << 20) -> Any:
+    """Upload ``data`` as one blob in chunks; returns the last PutBlob reply."""
+    digest = hashlib.sha256(data).hexdigest()
+    offset = 0
+    while True:
+        reply = put(svc, peer, digest, len(data), offset, data[offset : offset + chunk])
+        offset += chunk
+        if reply.complete or offset >= len(data):
+            return reply
+
+
+def new_session(svc: Any, peer: Peer) -> int:
+    pb = svc.pb
+    reply, _ = call(svc, "CreateSession", pb.CreateSessionRequest(), pb.CreateSessionResponse, peer)
+    return int(reply.session_id)
+
+
+def register(
+    svc: Any, peer: Peer, sid: int, files: list[tuple[str, str, int]], rtype: int = 2
+) -> Any:
+    """RegisterResource with (name, sha256, size) triples; returns the reply."""
+    pb = svc.pb
+    req = pb.RegisterResourceRequest(session_id=sid, type=rtype)
+    for name, digest, size in files:
+        req.files.add(name=name, sha256=digest, size=size)
+    return call(svc, "RegisterResource", req, pb.RegisterResourceResponse, peer)[0]
 
 
 # Limits --------------------------------------------------------------------------------------
@@ -51,9 +86,12 @@ def test_blob_size_limit_and_quota() -> None:
             put(svc, Peer("p"), a[1], len(a[0]), 0, a[0])
         assert err.value.status == "RESOURCE_EXHAUSTED"
         assert put(svc, Peer("p"), b[1], len(b[0]), 0, b[0]).complete
-        # 900 held + 700 announced > 1500, even before any byte of it is written
-        with pytest.raises(CallError, match=r"700 bytes exceeds .* quota of 1500 bytes \(900 "):
+        # 900 held + 700 announced > 1500, even before any byte of it is written; the error
+        # tells q only its own use, never the 900 bytes another client holds
+        with pytest.raises(CallError, match=r"700 bytes exceeds .* quota of 1500 bytes") as err:
             put(svc, Peer("q"), c[1], len(c[0]), 0, b"")
+        assert "this client holds or reserves 0 bytes" in err.value.message
+        assert "900" not in err.value.message
         svc.peer_disconnected(Peer("p"))  # its unused blob goes, freeing the quota
         assert put(svc, Peer("q"), c[1], len(c[0]), 0, c[0]).complete
         # an upload in progress counts with its full announced size
@@ -97,7 +135,9 @@ def test_two_interleaved_uploads_of_the_same_blob_both_succeed(service: Any) -> 
     late = put(service, b, digest, len(data), 20_000, data[20_000:])
     assert late.complete and late.received == len(data), "the second completion is a success"
     assert service.blobs.path(digest).read_bytes() == data
-    assert service.blobs.uploads_completed == 1
+    assert service.blobs.uploads_completed == 2, "each client completed its own upload"
+    assert service.blobs.holds(a.id, digest) and service.blobs.holds(b.id, digest)
+    assert [p.name for p in service.blobs.root.iterdir()] == [digest], "stored once on disk"
     assert partials(service) == []
 
 
@@ -170,9 +210,11 @@ def test_chunks_are_not_written_under_the_store_lock(
     assert service.blobs.has(slow_digest)
 
 
-def test_rpc_client_stops_uploading_a_blob_another_client_completed(
+def test_rpc_client_uploads_in_full_a_blob_another_client_holds(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Another client's upload of the same file gives this one nothing: it sends every chunk
+    (and so proves it has the bytes) before it may use the blob."""
     from agent.server import Agent
     from vaccel_plugins.rpc.backend import RpcBackend
 
@@ -189,14 +231,15 @@ def test_rpc_client_stops_uploading_a_blob_another_client_completed(
             with remote_session(address) as session:
                 backend = session.backends[0]
                 assert isinstance(backend, RpcBackend)
-                calls: list[str] = []
+                calls: list[tuple[str, bool]] = []
                 real_call = backend._call
 
                 def counting_call(
                     channel: Any, address: str, method: str, *a: Any, **k: Any
                 ) -> Any:
-                    calls.append(method)
-                    return real_call(channel, address, method, *a, **k)
+                    reply = real_call(channel, address, method, *a, **k)
+                    calls.append((method, bool(getattr(reply[0], "complete", False))))
+                    return reply
 
                 monkeypatch.setattr(backend, "_call", counting_call)  # the shared instance
                 view = memoryview(data)
@@ -206,6 +249,15 @@ def test_rpc_client_stops_uploading_a_blob_another_client_completed(
                     len(data),
                     lambda offset: view[offset : offset + 1000],
                 )
-                assert calls == ["PutBlob"], "no further chunks once the agent has the blob"
+                assert calls == [("PutBlob", False)] * 9 + [("PutBlob", True)]
+                # Once this client holds it, the agent says so at the first chunk.
+                calls.clear()
+                backend._send_blob(
+                    backend._remotes[session.id],
+                    digest,
+                    len(data),
+                    lambda offset: view[offset : offset + 1000],
+                )
+                assert calls == [("PutBlob", True)], "no further chunks for its own blob"
         finally:
             other.close()

@@ -208,22 +208,36 @@ class UnregisterResourceResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SyncResourceRequest(_message.Message):
-    __slots__ = ("session_id", "resource_id")
+    __slots__ = ("session_id", "resource_id", "piece")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    PIECE_FIELD_NUMBER: _ClassVar[int]
     session_id: int
     resource_id: int
-    def __init__(self, session_id: _Optional[int] = ..., resource_id: _Optional[int] = ...) -> None: ...
+    piece: SyncPiece
+    def __init__(self, session_id: _Optional[int] = ..., resource_id: _Optional[int] = ..., piece: _Optional[_Union[SyncPiece, _Mapping]] = ...) -> None: ...
+
+class SyncPiece(_message.Message):
+    __slots__ = ("file", "offset", "length")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    file: int
+    offset: int
+    length: int
+    def __init__(self, file: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class SyncResourceFile(_message.Message):
-    __slots__ = ("name", "sha256", "data")
+    __slots__ = ("name", "sha256", "data", "size")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     sha256: str
     data: Data
-    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., data: _Optional[_Union[Data, _Mapping]] = ...) -> None: ...
+    size: int
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., data: _Optional[_Union[Data, _Mapping]] = ..., size: _Optional[int] = ...) -> None: ...
 
 class SyncResourceResponse(_message.Message):
     __slots__ = ("files",)
