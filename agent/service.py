@@ -36,13 +36,14 @@ from vaccel_core.errors import (
 )
 from vaccel_core.flags import PluginType
 from vaccel_core.log import logger as _vaccel_logger
-from vaccel_core.ops import CATALOG, ResourceType
+from vaccel_core.ops import CATALOG, ResourceType, result_bytes
 from vaccel_core.plugins import PluginRegistry
 from vaccel_core.resource import Resource
 from vaccel_core.session import Session
 from vaccel_core.transport import Buffer, CallError, Message, Peer, status_for
 from vaccel_plugins.rpc import codec
 
+from .admission import Admission
 from .blobs import BlobStore, check_digest
 from .limits import Limits, limit_error
 
@@ -148,6 +149,8 @@ class AgentService:
             max_uploads=self.limits.max_uploads,
             upload_idle_timeout=self.limits.upload_idle_timeout,
         )
+        self.admission = Admission(self.limits)
+        self._tickets = threading.local()
         self._lock = threading.RLock()
         self._sessions: dict[int, _AgentSession] = {}
         self._peers: set[str] = set()
@@ -172,27 +175,41 @@ class AgentService:
         if entry is None:
             raise CallError(
                 "UNIMPLEMENTED",
-                f"{method}: no such method in vaccel.agent.v1.Agent "
+                f"{method if len(method) <= 64 else clip(method)}: no such method in "
+                f"vaccel.agent.v1.Agent "
                 f"(known: Attach, {', '.join(self._methods)})",
                 code=errno.ENOTSUP,
             )
-        request_type, impl = entry
-        msg = request_type()
+        ticket = self.admission.admit(peer.id, method, request.nbytes)
+        self._tickets.current = ticket
         try:
-            msg.ParseFromString(request.payload)
-        except Exception as exc:
-            raise CallError(
-                "INVALID_ARGUMENT",
-                f"{method}: malformed request: expected a {request_type.DESCRIPTOR.full_name} "
-                f"message ({exc})",
-                code=errno.EINVAL,
-            ) from None
-        try:
-            reply, buffers = impl(msg, request.buffers, peer)
-        except VaccelError as exc:
-            logger.debug("%s from peer %s failed: %s", method, peer.id, exc)
-            raise call_error(exc) from exc
-        return Message(reply.SerializeToString(), tuple(buffers))
+            request_type, impl = entry
+            msg = request_type()
+            try:
+                msg.ParseFromString(request.payload)
+            except Exception:
+                raise CallError(
+                    "INVALID_ARGUMENT",
+                    f"{method}: malformed request: expected a "
+                    f"{request_type.DESCRIPTOR.full_name} message",
+                    code=errno.EINVAL,
+                ) from None
+            try:
+                reply, buffers = impl(msg, request.buffers, peer)
+            except VaccelError as exc:
+                logger.debug("%s from peer %s failed: %s", method, peer.id, exc)
+                raise call_error(exc) from exc
+            return Message(reply.SerializeToString(), tuple(buffers))
+        finally:
+            self._tickets.current = None
+            ticket.release()
+
+    def _reserve_reply(self, nbytes: int | None, why: str) -> None:
+        """Hold ``nbytes`` of reply for the call being served (RESOURCE_EXHAUSTED over a
+        limit); a no-op outside :meth:`handle`."""
+        ticket = getattr(self._tickets, "current", None)
+        if ticket is not None and nbytes:
+            ticket.reserve(nbytes, why)
 
     def peer_connected(self, peer: Peer) -> None:
         with self._lock:
@@ -301,8 +318,31 @@ class AgentService:
 
     # Methods -------------------------------------------------------------------------------
     def _status(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
-        c = self.counts()
+        if peer.admin:
+            return self._agent_status(), ()
+        # A client sees its own sessions and resources only: what others hold is theirs.
+        with self._lock:
+            mine = [r for r in self._sessions.values() if r.owner == peer.id]
+            attached = peer.id in self._peers
         reply = self.pb.StatusResponse(
+            version=__version__,
+            sessions=len(mine),
+            resources=sum(len(r.resources) for r in mine),
+            peers=1 if attached else 0,
+            backends=[i.name for i in self.registry.backends.values() if i.available],
+            session_ttl=self.session_ttl or 0.0,
+        )
+        return reply, ()
+
+    def _new_session(self, flags: int) -> Session:
+        return Session(
+            int(flags) & ~int(PluginType.REMOTE), config=self.config, registry=self.registry
+        )
+
+    def _agent_status(self) -> Any:
+        """Everything the agent holds, all clients together (for its operator)."""
+        c = self.counts()
+        return self.pb.StatusResponse(
             version=__version__,
             sessions=c["sessions"],
             resources=c["resources"],
@@ -315,16 +355,11 @@ class AgentService:
             session_ttl=self.session_ttl or 0.0,
             sessions_released=self.sessions_released,
         )
-        return reply, ()
-
-    def _new_session(self, flags: int) -> Session:
-        return Session(
-            int(flags) & ~int(PluginType.REMOTE), config=self.config, registry=self.registry
-        )
 
     def _create_session(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
         if self._closed:
             raise CallError("UNAVAILABLE", "CreateSession: the agent is stopping", code=errno.EIO)
+        self._check_session_count(peer)
         session = self._new_session(msg.flags)
         session.meta["peer"] = peer.id
         with self._lock:
@@ -332,6 +367,7 @@ class AgentService:
             # and would never release a session added after it.
             closed = self._closed
             if not closed:
+                self._check_session_count(peer)  # again: another call may have made one
                 wire_id = secrets.randbits(52) or 1
                 while wire_id in self._sessions:
                     wire_id = secrets.randbits(52) or 1
@@ -351,6 +387,17 @@ class AgentService:
             session_id=wire_id, backends=[b.name for b in session.backends]
         )
         return reply, ()
+
+    def _check_session_count(self, peer: Peer) -> None:
+        limit = self.limits.max_sessions
+        with self._lock:
+            held = sum(1 for r in self._sessions.values() if r.owner == peer.id)
+        if held >= limit:
+            raise limit_error(
+                "CreateSession",
+                "max_sessions",
+                f"this client holds {held} sessions (limit {limit})",
+            )
 
     def _update_session(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
         record = self._session(msg.session_id, peer, "UpdateSession")
@@ -623,6 +670,7 @@ class AgentService:
         args = codec.decode_args(
             spec, getattr(msg, case), codec.Decoder(buffers, spec.method), resource
         )
+        self._reserve_reply(result_bytes(spec, args), "its result")
         start = time.perf_counter_ns()
         value = record.session.genop(op, *args)
         elapsed = time.perf_counter_ns() - start
