@@ -52,6 +52,8 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _AGENT_DIR = re.compile(r"^agent-\d+-[0-9a-f]{16}$")
 #: A lock file being made (locked, then renamed to ``<folder>.lock``).
 _NEW_LOCK = re.compile(r"^\.agent-\d+-[0-9a-f]{16}\.lock\.new$")
+#: Seconds after which a lock file still being made is left over from a dead agent.
+_NEW_LOCK_AGE = 60.0
 
 
 def check_digest(digest: str, where: str) -> str:
@@ -133,7 +135,12 @@ def sweep(root: Path) -> int:
         folder: Path | None = None
         if name.endswith(".lock") and _AGENT_DIR.match(name[: -len(".lock")]):
             folder = root / name[: -len(".lock")]
-        elif not _NEW_LOCK.match(name):
+        elif _NEW_LOCK.match(name):
+            # An agent locks its new lock file a moment after making it: leave young ones be.
+            with contextlib.suppress(OSError):
+                if time.time() - entry.stat(follow_symlinks=False).st_mtime < _NEW_LOCK_AGE:
+                    continue
+        else:
             if _AGENT_DIR.match(name) and not os.path.lexists(root / f"{name}.lock"):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 swept += 1

@@ -200,3 +200,56 @@ def test_the_store_in_process(tmp_path: Path) -> None:
     link.symlink_to(tmp_path)
     with pytest.raises(VaccelError, match="is a symbolic link"):
         BlobStore(link)
+
+
+def test_agents_starting_at_once_never_sweep_each_other(tmp_path: Path) -> None:
+    import threading
+
+    from agent.blobs import BlobStore
+
+    base = tmp_path / "root"
+    stores: list[BlobStore] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(16)
+
+    def start() -> None:
+        try:
+            barrier.wait(10)
+            store = BlobStore(base)
+            (store.root / "mine").write_bytes(b"x")
+            stores.append(store)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert not errors and len(stores) == 16
+        assert all((s.root / "mine").read_bytes() == b"x" for s in stores)
+        BlobStore(base).close()  # one more start sweeps nothing of theirs
+        assert all((s.root / "mine").exists() for s in stores)
+    finally:
+        for store in stores:
+            store.close()
+    assert list(base.iterdir()) == []
+
+
+def test_lock_files_being_made_are_left_alone_while_young(tmp_path: Path) -> None:
+    from agent.blobs import BlobStore
+
+    base = tmp_path / "root"
+    base.mkdir(mode=0o700)
+    young = base / ".agent-1-0123456789abcdef.lock.new"
+    old = base / ".agent-2-0123456789abcdef.lock.new"
+    orphan = base / "agent-3-0123456789abcdef"  # a folder whose lock file is gone
+    unrelated = base / "notes.txt"
+    for path in (young, old, unrelated):
+        path.write_bytes(b"")
+    orphan.mkdir()
+    os.utime(old, (0, 0))
+    BlobStore(base).close()
+    assert young.exists() and unrelated.exists()
+    assert not old.exists() and not orphan.exists()
