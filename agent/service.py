@@ -596,6 +596,7 @@ class AgentService:
                     f"bytes, more than one reply may carry ({self.limits.max_message_bytes} "
                     f"bytes); read it in pieces (SyncResourceRequest.piece)",
                 )
+            self._reserve_reply(total, "the resource's files")
             for name, path, size in zip(names, paths, sizes, strict=True):
                 data = self._read(path, name, 0, size)
                 entry = reply.files.add(
@@ -615,6 +616,8 @@ class AgentService:
                 f"{sizes[piece.file]} (the size of file {piece.file}), got {piece.offset}"
             )
         budget = max(min(piece.length or room, room), 1)
+        budget = min(budget, sizes[piece.file] - piece.offset + sum(sizes[piece.file + 1 :]))
+        self._reserve_reply(budget, "the piece of the resource's files")
         entries = [reply.files.add(name=n, size=s) for n, s in zip(names, sizes, strict=True)]
         index, offset = piece.file, piece.offset
         while budget > 0 and index < len(names):

@@ -129,6 +129,23 @@ def test_a_piece_asks_for_at_most_length_bytes(small_service: Any) -> None:
     assert bytes(decoder.data(reply.files[1].data, "b")) == data[:2_000]
 
 
+def test_a_piece_counts_against_the_clients_bytes_in_flight() -> None:
+    svc = make_service(max_message_bytes=4 * LIMIT, max_client_inflight_bytes=LIMIT)
+    try:
+        peer = Peer("p")
+        data, _ = blob(3 * LIMIT, 7)
+        sid, rid = registered(svc, peer, [("big.bin", data)])
+        with pytest.raises(CallError) as err:
+            sync_piece(svc, peer, sid, rid, 0, 0)  # as much as fits a message: 3 MiB
+        assert err.value.status == "RESOURCE_EXHAUSTED"
+        assert "--max-client-inflight-bytes" in err.value.message
+        reply, buffers, _ = sync_piece(svc, peer, sid, rid, 0, 0, length=LIMIT // 2)
+        got = codec.Decoder(buffers, "test").data(reply.files[0].data, "data")
+        assert bytes(got) == data[: LIMIT // 2], "a smaller piece is served"
+    finally:
+        svc.close()
+
+
 @pytest.mark.parametrize(
     ("file", "offset", "expected"),
     [
