@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--blob-dir",
         metavar="DIR",
-        help="where resource files (blobs) are kept; default: a private temporary folder, "
-        "removed on exit (also --vaccel-config blob_dir=DIR)",
+        help="where resource files (blobs) are kept: a folder of this user, mode 0700, with one "
+        "subfolder per running agent (removed on exit, or swept by the next start after a "
+        "crash); default <tmp>/vaccel-agent-<uid> (also --vaccel-config blob_dir=DIR)",
     )
     parser.add_argument(
         "--socket-mode",
@@ -129,7 +130,7 @@ def make_config(args: argparse.Namespace) -> Config:
         config.log_level = args.log_level
     if args.blob_dir:
         config.extra["blob_dir"] = args.blob_dir
-    config.extra.update(agent_limits.from_arguments(args))
+    config.extra.update({k: str(v) for k, v in agent_limits.from_arguments(args).items()})
     from .server import limits_from_config
 
     limits_from_config(config)  # fail now on a bad --vaccel-config limit

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -58,11 +59,37 @@ def _os_error(what: str, exc: OSError) -> VaccelError:
     return VaccelError(f"{what} ({reason})", code=errno.EIO)
 
 
-def call_error(exc: VaccelError) -> CallError:
-    """The CallError (gRPC-style status + upstream code) a transport reports for ``exc``."""
-    if isinstance(exc, CallError):
+#: Longest error message a client gets (a backstop: messages quote client input clipped).
+MAX_ERROR_CHARS = 1024
+
+
+def call_error(exc: VaccelError, private: Sequence[str] = ()) -> CallError:
+    """The CallError (gRPC-style status + upstream code) a transport reports for ``exc``: its
+    message without the agent's ``private`` folders (a backend's error may name the file it
+    was given, under the blob store) and at most :data:`MAX_ERROR_CHARS` long."""
+    message = exc.message
+    for folder in private:
+        message = redact_paths(message, folder)
+    if len(message) > MAX_ERROR_CHARS:
+        message = f"{message[: MAX_ERROR_CHARS - 40]}... ({len(message)} characters)"
+    if isinstance(exc, CallError) and message == exc.message:
         return exc
-    return CallError(status_for(exc), exc.message, code=exc.code)
+    status = exc.status if isinstance(exc, CallError) else status_for(exc)
+    return CallError(status, message, code=exc.code)
+
+
+def redact_paths(message: str, folder: str) -> str:
+    """``message`` with every path under ``folder`` replaced by its last component: a backend
+    that says "cannot load /tmp/vaccel-agent-0/.../resource-x/model.onnx" tells the client
+    "cannot load model.onnx"."""
+    if not folder or folder not in message:
+        return message
+    pattern = re.escape(folder.rstrip("/")) + r"(?:/[^\s'\"]*)?"
+
+    def last(match: re.Match[str]) -> str:
+        return match.group(0).rstrip("/").rsplit("/", 1)[-1] or "<agent>"
+
+    return re.sub(pattern, last, message)
 
 
 #: Longest resource file name, in bytes of UTF-8 (NAME_MAX of Linux file systems).
@@ -198,7 +225,7 @@ class AgentService:
                 reply, buffers = impl(msg, request.buffers, peer)
             except VaccelError as exc:
                 logger.debug("%s from peer %s failed: %s", method, peer.id, exc)
-                raise call_error(exc) from exc
+                raise call_error(exc, (str(self.blobs.base),)) from exc
             return Message(reply.SerializeToString(), tuple(buffers))
         finally:
             self._tickets.current = None
@@ -657,11 +684,12 @@ class AgentService:
         if case is None:
             raise InvalidArgumentError(
                 f"Run: no operation given (expected one of the OpRequest.args cases, e.g. "
-                f"noop; op field: {msg.op!r})"
+                f"noop; op field: {clip(msg.op)})"
             )
         if msg.op and msg.op != case:
             raise InvalidArgumentError(
-                f"Run: operation name {msg.op!r} does not match the arguments given ({case})"
+                f"Run: operation name {clip(msg.op)} does not match the arguments given "
+                f"({case})"
             )
         op = codec.op_by_name(case)
         spec = CATALOG[op]

@@ -71,10 +71,15 @@ class AgentProcess:
     #: what all clients hold (GetStatus).
     admin_token: bytes | None = None
 
-    def observer(self, address: str | None = None) -> RawClient:
+    #: Where the operator's view is served, when not at :attr:`address` (virtio-mock has no
+    #: operator token: its agents also listen on a unix socket for that).
+    admin_address: str | None = None
+
+    def observer(self) -> RawClient:
         """A client that sees the whole agent's counts (the operator's view)."""
         return RawClient(
-            address or self.address, TransportOptions(connect_timeout=10, token=self.admin_token)
+            self.admin_address or self.address,
+            TransportOptions(connect_timeout=10, token=self.admin_token),
         )
 
     @property

@@ -41,7 +41,12 @@ KINDS = ["virtio-mock", "vsock"]
 
 def _start(kind: str, folder: Path, patcher: pytest.MonkeyPatch, **kwargs: Any) -> AgentProcess:
     if kind == "virtio-mock":
-        handle = start_agent([f"virtio-mock://{folder / 'agent.ctl'}"], **kwargs)
+        # Also on unix, where the tests' operator (the admin token) watches the counts.
+        handle = start_agent(
+            [f"virtio-mock://{folder / 'agent.ctl'}", f"unix://{folder / 'admin.sock'}"],
+            **kwargs,
+        )
+        handle.addresses, handle.admin_address = handle.addresses[:1], handle.addresses[1]
     else:
         uds_path = str(folder / "kata.hvsock")
         patcher.setattr(VsockTransport, "open_stream", standin_open_stream(uds_path))

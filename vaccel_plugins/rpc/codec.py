@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vaccel_core.errors import InvalidArgumentError
+from vaccel_core.errors import InvalidArgumentError, clip
 from vaccel_core.ops import CATALOG, Kind, Op, OpSpec, Param
 from vaccel_core.transport import Buffer
 
@@ -46,7 +46,7 @@ def op_by_name(name: str) -> Op:
     try:
         return Op(name)
     except ValueError:
-        raise InvalidArgumentError(f"Run: unknown operation {name!r}") from None
+        raise InvalidArgumentError(f"Run: unknown operation {clip(name)}") from None
 
 
 class Encoder:
@@ -153,9 +153,9 @@ class Decoder:
         try:
             dtype = np.dtype(msg.dtype)
         except (TypeError, ValueError):
-            raise self._fail(name, f"unknown tensor dtype {msg.dtype!r}") from None
+            raise self._fail(name, f"unknown tensor dtype {clip(msg.dtype)}") from None
         if dtype.kind not in _NUMERIC_KINDS and dtype.kind != "b":
-            raise self._fail(name, f"expected a numeric tensor dtype, got {msg.dtype!r}")
+            raise self._fail(name, f"expected a numeric tensor dtype, got {clip(msg.dtype)}")
         shape = tuple(int(d) for d in msg.shape)
         if any(d < 0 for d in shape):
             raise self._fail(name, f"negative dimension in tensor shape {shape}")
@@ -204,8 +204,8 @@ class Decoder:
             out: dict[str, np.ndarray] = {}
             for entry in field.items:
                 if entry.name in out:
-                    raise self._fail(name, f"duplicate tensor name {entry.name!r}")
-                out[entry.name] = self.tensor(entry.tensor, f"{name}[{entry.name!r}]")
+                    raise self._fail(name, f"duplicate tensor name {clip(entry.name)}")
+                out[entry.name] = self.tensor(entry.tensor, f"{name}[{clip(entry.name)}]")
             return out
         if kind is Kind.BYTES_LIST:
             return [self.data(d, f"{name}[{i}]") for i, d in enumerate(getattr(msg, name))]
