@@ -244,6 +244,7 @@ class Device:
         self.peer = Peer(f"virtio-mock-{uuid.uuid4().hex[:16]}", "")
         self.s = _Setup()
         self.deadline = time.monotonic() + limits.handshake_timeout
+        self.fd = conn.fileno()  # its key in the set-up loop (stays valid after close)
         self.enabled = False
         #: Replies kept for the guest's FETCH (token -> reply), and their bytes.
         self._parked: OrderedDict[int, Message] = OrderedDict()
@@ -1113,8 +1114,8 @@ class VirtioMockListener(Listener):
             self._answer(device, reply, poller, pending)
             return
         # Set-up finished: the device leaves this loop, and serves in its own thread.
-        poller.unregister(device.conn.fileno())
-        del pending[device.conn.fileno()]
+        poller.unregister(device.fd)
+        del pending[device.fd]
         refusal = self._admit(device)
         if refusal is not None:
             with contextlib.suppress(OSError):
@@ -1180,10 +1181,9 @@ class VirtioMockListener(Listener):
 
     def _drop(self, device: Device, poller: select.poll, pending: dict[int, Device]) -> None:
         """Close a connection still in set-up."""
-        fd = device.conn.fileno()
-        if pending.pop(fd, None) is not None:
+        if pending.pop(device.fd, None) is not None:
             with contextlib.suppress(KeyError, ValueError):
-                poller.unregister(fd)
+                poller.unregister(device.fd)
         device.close()
         self._closed_one()
 
@@ -1216,7 +1216,8 @@ class VirtioMockListener(Listener):
             conn.close()
             self._closed_one()
         for device in self.devices:
-            device.thread.join(max(0.0, deadline - time.monotonic()))
+            if device.thread.ident is not None:  # (one admitted as we stopped may not run yet)
+                device.thread.join(max(0.0, deadline - time.monotonic()))
         if not self._thread.is_alive() and not self._setup_thread.is_alive():
             os.close(self._wake)
         os.close(self._stop_fd)
