@@ -14,9 +14,11 @@ wants them) half of the time, so that calls also get past validation into the ba
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,12 +73,38 @@ class Drawn:
     payload: bytes
     buffers: list[bytes]
 
-    def __repr__(self) -> str:  # what hypothesis prints for a failing example
-        shown = repr(self.message)[:2000] if self.message is not None else None
+    def __repr__(self) -> str:
         return (
-            f"Drawn(method={self.method!r}, payload={len(self.payload)} B, "
-            f"buffers={[len(b) for b in self.buffers]}, message={shown})"
+            f"Drawn(method={_clip(self.method)}, payload={len(self.payload)} B, "
+            f"buffers={[len(b) for b in self.buffers]}, message={describe(self.message)})"
         )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """What hypothesis prints for a failing example: long values clipped."""
+        printer.text(repr(self))
+
+
+def _clip(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    n = len(value) if isinstance(value, (str, bytes)) else len(text)
+    return f"{text[: limit - 10]}...({n} {'chars' if isinstance(value, str) else 'B'})"
+
+
+def describe(msg: Any, depth: int = 0) -> str:
+    """A one-line view of a message with every long string and bytes value clipped."""
+    if msg is None:
+        return "None"
+    parts = []
+    for fd, value in msg.ListFields():
+        repeated = _is_repeated(fd)
+        items = list(value) if repeated else [value]
+        shown = [describe(v, depth + 1) if fd.message_type is not None else _clip(v) for v in items]
+        if repeated and len(shown) > 6:
+            shown = [*shown[:6], f"...({len(shown)} items)"]
+        parts.append(f"{fd.name}=" + (f"[{', '.join(shown)}]" if repeated else shown[0]))
+    return f"{msg.DESCRIPTOR.name}({', '.join(parts)})"
 
 
 # Scalars -------------------------------------------------------------------------------------
@@ -89,8 +117,24 @@ def _edge_ints(lo: int, hi: int) -> st.SearchStrategy[int]:
     )
 
 
+#: Set while the items of a repeated field are drawn: no value of megabytes there (300 items
+#: of 2 MiB would only measure this process's memory).
+_SMALL: contextvars.ContextVar[bool] = contextvars.ContextVar("small", default=False)
+
+
+@contextlib.contextmanager
+def _small() -> Iterator[None]:
+    token = _SMALL.set(True)
+    try:
+        yield
+    finally:
+        _SMALL.reset(token)
+
+
 def big_text() -> st.SearchStrategy[str]:
     """Short strings mostly; now and then one of thousands to millions of characters."""
+    if _SMALL.get():
+        return st.one_of(st.text(max_size=40), st.just("s" * 4096))
     return st.one_of(
         st.text(max_size=40),
         st.builds(
@@ -102,6 +146,8 @@ def big_text() -> st.SearchStrategy[str]:
 
 
 def big_bytes() -> st.SearchStrategy[bytes]:
+    if _SMALL.get():
+        return st.binary(max_size=64)
     return st.one_of(
         st.binary(max_size=64),
         st.builds(
@@ -225,16 +271,18 @@ def fill(
         in_oneof = f.name in chosen
         if f.type == FieldDescriptor.TYPE_MESSAGE:
             if _is_repeated(f):
-                for _ in range(_count(draw)):
-                    sub = getattr(msg, f.name).add()
-                    _fill_sub(draw, sub, f, known, buffers, params, depth)
+                with _small():
+                    for _ in range(_count(draw)):
+                        sub = getattr(msg, f.name).add()
+                        _fill_sub(draw, sub, f, known, buffers, params, depth)
             elif in_oneof or draw(st.booleans()):
                 sub = getattr(msg, f.name)
                 sub.SetInParent()
                 _fill_sub(draw, sub, f, known, buffers, params, depth)
             continue
         if _is_repeated(f):
-            values = [scalar(draw, msg, f, known, buffers) for _ in range(_count(draw))]
+            with _small():
+                values = [scalar(draw, msg, f, known, buffers) for _ in range(_count(draw))]
             getattr(msg, f.name).extend(values)
             continue
         if f.has_presence and not in_oneof and not draw(st.booleans()):
@@ -265,7 +313,7 @@ def _fill_sub(
         elif where == "buffer":
             if draw(st.booleans()):
                 sub.buffer = len(buffers)
-                buffers.append(draw(st.binary(max_size=70_000)))
+                buffers.append(draw(st.binary(max_size=4096 if _SMALL.get() else 70_000)))
             else:
                 sub.buffer = draw(buffer_index(buffers))
     elif depth < 4:

@@ -17,9 +17,10 @@ a resource), sends a few drawn calls from either, and checks:
 
 Fixed seed and a modest number of examples in the normal suite (the file runs in well under a
 minute); ``VACCEL_FUZZ_EXAMPLES=2000`` (``tox -e fuzz``) runs more, with a random seed.
-Bugs found are listed in :data:`KNOWN_BUGS`: the property tests skip their inputs, and one
-``xfail(strict=True)`` test per bug reproduces it with a minimal input (it starts to fail, on
-purpose, once the bug is fixed: then delete the entry).
+Bugs found are listed in :data:`KNOWN_BUGS`: while one is open the property tests skip its
+inputs and an ``xfail(strict=True)`` test reproduces it with a minimal input (that test starts
+to fail, on purpose, once the bug is fixed: then set the entry's ``fixed_in``, which makes it a
+plain regression test).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ if missing_remote_extra():
 
 from hypothesis import HealthCheck, Phase, assume, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from hypothesis.control import currently_in_test_context  # noqa: E402
 
 from tests.security.strategies import (  # noqa: E402
     METHODS,
@@ -100,13 +102,15 @@ SESSION_METHODS = frozenset(
 # Known bugs ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class KnownBug:
-    """A bug the fuzzer found: the property tests skip inputs ``matches`` accepts; a strict
-    xfail test reproduces it with ``example``."""
+    """A bug the fuzzer found. While it is open (``fixed_in`` None) the property tests skip
+    the inputs ``matches`` accepts and a strict xfail test reproduces it with ``example``;
+    once fixed, that test is a plain regression test."""
 
     id: str
     what: str
     matches: Callable[[Drawn], bool]
     example: Callable[[Known], Drawn]
+    fixed_in: str | None = None  # the commit that fixed it
 
 
 def _submessages(msg: Any) -> Iterator[Any]:
@@ -143,6 +147,14 @@ def _dtype_echo_example(known: Known) -> Drawn:
     return _drawn("Run", msg)
 
 
+def _tensor_name_echo_example(known: Known) -> Drawn:
+    msg = _run_request(known, op="model_run")
+    msg.model_run.resource = known.own_resources[0]
+    item = msg.model_run.inputs.items.add(name="n" * 4096)
+    item.tensor.dtype = ""  # any error in this tensor quotes its name
+    return _drawn("Run", msg)
+
+
 KNOWN_BUGS: list[KnownBug] = [
     KnownBug(
         "run-op-name-echoed",
@@ -151,9 +163,10 @@ KNOWN_BUGS: list[KnownBug] = [
         "clip()): a 4096-char op gives a 4160-char error, a 2 MiB op a 2 MiB error",
         lambda d: d.method == "Run"
         and d.message is not None
-        and len(d.message.op) > 1000
+        and len(repr(d.message.op)) > 1000  # quoted with repr(): escapes count
         and d.message.op != d.message.WhichOneof("args"),
         _op_echo_example,
+        fixed_in="1b704dc",
     ),
     KnownBug(
         "tensor-dtype-echoed",
@@ -162,16 +175,35 @@ KNOWN_BUGS: list[KnownBug] = [
         "blas_sgemm with a.dtype of 4096 chars gives a 4140-char error",
         lambda d: d.message is not None
         and any(
-            m.DESCRIPTOR.name == "Tensor" and len(m.dtype) > 1000
+            m.DESCRIPTOR.name == "Tensor" and len(repr(m.dtype)) > 1000
             for m in _submessages(d.message)
         ),
         _dtype_echo_example,
+        fixed_in="1b704dc",
+    ),
+    KnownBug(
+        "tensor-name-echoed",
+        "vaccel_plugins/rpc/codec.py Decoder.value (NAMED_TENSORS) and vaccel_core/validate.py: "
+        "a named tensor's name is quoted whole in the label of any error about that tensor "
+        "(f\"{name}[{entry.name!r}]\", and the duplicate-name error): model_run on the "
+        "client's own MODEL resource with one input named by 4096 chars and dtype '' gives a "
+        "4153-char INVALID_ARGUMENT",
+        lambda d: d.message is not None
+        and any(
+            m.DESCRIPTOR.name == "NamedTensor" and len(repr(m.name)) > 1000
+            for m in _submessages(d.message)
+        ),
+        _tensor_name_echo_example,
+        fixed_in="1b704dc",
     ),
 ]
 
 
 def known_bug(call: Drawn) -> KnownBug | None:
+    """The open bug ``call`` would run into, if any."""
     for bug in KNOWN_BUGS:
+        if bug.fixed_in:
+            continue
         with contextlib.suppress(Exception):
             if bug.matches(call):
                 return bug
@@ -224,7 +256,8 @@ class World:
     def call(self, client: Client, drawn: Drawn) -> Any:
         status, text, reply = self.call_fn(client, drawn)
         op = drawn.message.WhichOneof("args") if drawn.method == "Run" and drawn.message else ""
-        event(f"{drawn.method}{'/' + op if op else ''}: {status}")  # --hypothesis-show-statistics
+        if currently_in_test_context():  # --hypothesis-show-statistics
+            event(f"{drawn.method}{'/' + op if op else ''}: {status}")
         where = f"{drawn.method} by {client.name}: {status}: {text[:300]!r}"
         assert status not in BUG_STATUSES, f"agent bug: {where}"
         assert status not in ("DEADLINE_EXCEEDED", "UNAVAILABLE"), f"agent stuck/gone: {where}"
@@ -457,6 +490,7 @@ def test_every_request_over_the_wire(fuzz_agent: AgentProcess) -> None:
     @settings(FUZZ, max_examples=WIRE_EXAMPLES, phases=[Phase.explicit, Phase.generate])
     @given(data=st.data())
     def run(data: Any) -> None:
+        ran.append(1)
         attach = data.draw(attach_requests, label="AttachRequest of B")
         clients: dict[str, WireClient] = {}
         try:
@@ -469,6 +503,9 @@ def test_every_request_over_the_wire(fuzz_agent: AgentProcess) -> None:
                 clients["B"] = WireClient(address)
 
             def call(client: Client, drawn: Drawn) -> tuple[str, str, Any]:
+                # Attach is a server stream: called as a unary call it attaches, and its
+                # (long-lived) stream runs into the call's deadline, as it should.
+                assume(drawn.method != "Attach")
                 return clients[client.name].call(drawn.method, drawn.payload, drawn.buffers)
 
             world = World(call, Client("A"), Client("B"), clients["A"].pb)
@@ -478,7 +515,9 @@ def test_every_request_over_the_wire(fuzz_agent: AgentProcess) -> None:
             for c in clients.values():
                 c.close()
 
+    ran: list[int] = []
     run()
+    assert len(ran) >= WIRE_EXAMPLES, f"only {len(ran)} examples ran"
     assert fuzz_agent.proc.poll() is None, f"the agent died; log:\n{fuzz_agent.log[-3000:]}"
     with remote_session(address) as session:
         session.noop()
@@ -495,18 +534,34 @@ def test_every_request_over_the_wire(fuzz_agent: AgentProcess) -> None:
 
 
 # Known bugs, reproduced --------------------------------------------------------------------
+class BugReproduced(AssertionError):
+    """The known bug's property failed (and nothing else did)."""
+
+
 @pytest.mark.parametrize(
     "bug",
-    [pytest.param(b, marks=pytest.mark.xfail(strict=True, reason=b.what)) for b in KNOWN_BUGS],
+    [
+        pytest.param(
+            b,
+            marks=()
+            if b.fixed_in
+            else pytest.mark.xfail(strict=True, raises=BugReproduced, reason=b.what),
+        )
+        for b in KNOWN_BUGS
+    ],
     ids=[b.id for b in KNOWN_BUGS],
 )
 def test_known_bug(bug: KnownBug) -> None:
-    """Each known bug's minimal input, in process; fails (xfail) while the bug is there."""
+    """Each bug's minimal input, in process: xfails while the bug is open (any other failure,
+    of the set-up say, fails the test), passes once it is fixed (a regression test)."""
     world, svc, peers = _in_process_world()
     try:
         world.setup()
         drawn = bug.example(world.a.known)
         assert bug.matches(drawn), f"{bug.id}: its example does not match its own predicate"
-        world.call(world.a, drawn)
+        try:
+            world.call(world.a, drawn)
+        except AssertionError as exc:
+            raise BugReproduced(f"{bug.id}: {exc}") from None
     finally:
         _finish_in_process(svc, peers)
