@@ -50,6 +50,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -257,6 +258,9 @@ def _run_with_timeout(spec: Spec, ctx: Ctx, timeout: float, agent: Agent | None)
     def run() -> None:
         try:
             result.append(spec.fn(ctx))
+        except AgentStartError as exc:
+            last = [line for line in exc.log.splitlines() if line.strip()][-1:] or [""]
+            result.append(Outcome(None, f"an agent did not start: {exc}: {last[0][:200]}"))
         except Exception as exc:
             result.append(Outcome(None, f"the attack failed: {type(exc).__name__}: {exc}"))
 
@@ -366,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
 
         opts.rss_budget = parse_size(opts.rss_budget, "--rss-budget")
     specs = select_specs(opts.attack)
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds through run_attack, which stops what it started
+
+    signal.signal(signal.SIGTERM, interrupted)
     limits = agent_limits(opts.agent_arg)
     print(
         f"agent limits: max-message-size {_mib(limits.max_message_bytes)}, max-inflight-bytes "

@@ -632,14 +632,15 @@ def _put(pb: Any, blob: bytes) -> Any:
 
 # 12 --------------------------------------------------------------------------------------------
 def _files(root: Path) -> set[str]:
+    if not root.exists():
+        return set()
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
 def check_12(ctx: Ctx) -> Outcome:
     """SIGKILL the agent while it holds a blob, a resource and a partial upload; restart it on
     the same --blob-dir: are the dead agent's files swept?"""
-    blob_dir = ctx.tmp / "blobs12"
-    blob_dir.mkdir()
+    blob_dir = ctx.tmp / "blobs12"  # made by the agent
     sock = ctx.tmp / "a12.sock"
     args = ["--log-level", "2", "--blob-dir", str(blob_dir), *ctx.agent_args]
     first = start_agent([f"unix://{sock}"], args)
