@@ -6,9 +6,14 @@ socket as vhost-user does. The device side is served by the agent (one device in
 guest connection). Large tensors are placed in the shared memory and read there by the
 backend, without a copy through a socket. Address: ``virtio-mock:///path/to/control.sock``.
 
-Transport-specific options (``TransportOptions.extra``): ``virtio_mock_memory_bytes``
-(default 1 GiB, sparse), ``virtio_mock_queue_size`` (256), ``virtio_mock_reply_bytes``
-(smallest reply data area, 64 KiB), ``virtio_mock_setup_timeout`` (device side, 10 s).
+Transport-specific options (``TransportOptions.extra``): guest side,
+``virtio_mock_memory_bytes`` (default 1 GiB, sparse), ``virtio_mock_queue_size`` (256),
+``virtio_mock_reply_bytes`` (smallest reply data area, 64 KiB), ``virtio_mock_spin_us`` (50);
+device side, ``virtio_mock_max_memory_bytes`` (largest guest memory mapped, 1 GiB),
+``virtio_mock_max_parked_replies`` (16) and ``virtio_mock_max_parked_bytes``
+(2 x ``max_message_bytes``): replies a guest may leave for FETCH, ``virtio_mock_setup_timeout``
+(overrides ``handshake_timeout``). The listener also enforces ``max_connections``,
+``max_clients``, ``handshake_timeout`` and ``max_message_bytes`` (see docs/transports.md).
 """
 
 from __future__ import annotations
