@@ -137,7 +137,7 @@ def _tally(replies: list[Reply]) -> str:
 
 
 def _first_error(replies: list[Reply]) -> str:
-    return next((r.brief(100) for r in replies if not r.ok), "")
+    return next((r.brief(160) for r in replies if not r.ok), "")
 
 
 # 1 ---------------------------------------------------------------------------------------------
@@ -314,6 +314,7 @@ def attack_5(ctx: Ctx) -> Outcome:
             ctx.hold,
             count=1000,
             max_connections=int(ctx.limits.max_connections),
+            recheck_after=float(ctx.limits.handshake_timeout) + 2.0,
         )
     )
 
@@ -354,15 +355,16 @@ def attack_7(ctx: Ctx) -> Outcome:
         sids = [c.create_session() for c in clients]
         ctx.engaged()
 
-        def step(name: str, fn: Callable[[], list[Reply]]) -> None:
+        def step(name: str, fn: Callable[[], list[Reply]], allowed: int = limit) -> None:
+            """``allowed``: the most the agent's RSS may grow by (one message, or all calls
+            in flight together)."""
             nonlocal over
             start = time.monotonic()
             before = ctx.rss()
             replies = fn()
             grew = max(ctx.rss_peak_since(start) - before, 0)
             biggest = max((_reply_bytes(r) for r in replies), default=0)
-            computed = grew > limit  # the agent built a reply it must refuse
-            if biggest > limit or computed:
+            if biggest > limit or grew > allowed:  # a reply over the limit, or built anyway
                 over = True
             text = f"{name}: {_tally(replies)}"
             if biggest:
@@ -403,6 +405,7 @@ def attack_7(ctx: Ctx) -> Outcome:
                 24,
                 150,
             ),
+            int(ctx.limits.max_inflight_bytes),
         )
         return Outcome(over, "; ".join(parts))
     finally:

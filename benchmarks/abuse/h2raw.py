@@ -94,6 +94,7 @@ class H2Client:
         self.streams: dict[int, StreamState] = {}
         self.goaway: tuple[int, bytes] | None = None
         self.closed = False  # the agent closed the connection (EOF or reset)
+        self.settings_seen = False  # the agent's SETTINGS arrived (it serves this connection)
         self.error = ""
         self.flush()
 
@@ -162,6 +163,8 @@ class H2Client:
             st.reset = int(event.error_code)
         elif isinstance(event, h2.events.StreamEnded) and st is not None:
             st.ended = True
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self.settings_seen = True
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaway = (int(event.error_code), bytes(event.additional_data or b""))
 
@@ -398,13 +401,57 @@ def attack_half_bodies(
             c.close()
 
 
+def _still_open(socks: list[socket.socket]) -> int:
+    """How many of ``socks`` the agent has not closed (their data drained)."""
+    still_open = 0
+    for sock in socks:
+        try:
+            sock.setblocking(False)
+            while True:  # drain what the agent sent (its SETTINGS), then look for EOF
+                data = sock.recv(65536)
+                if not data:
+                    break
+        except BlockingIOError:
+            still_open += 1
+        except OSError:
+            pass
+    return still_open
+
+
+def _accepts(address: str) -> bool:
+    """Whether a new connection gets the agent's HTTP/2 SETTINGS within 2 s."""
+    try:
+        client = H2Client(address, 2.0, unruly=False)
+    except OSError:
+        return False
+    try:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and not client.closed:
+            client.pump(0.1)
+            if client.settings_seen:
+                return True
+        return False
+    finally:
+        client.close()
+
+
 def attack_idle_prefaces(
-    address: str, hold: Hold, count: int = 1000, max_connections: int = 128
+    address: str,
+    hold: Hold,
+    count: int = 1000,
+    max_connections: int = 128,
+    *,
+    recheck_after: float | None = None,
 ) -> H2Result:
     """Attack 5: ``count`` connections that send only the HTTP/2 connection preface and then
-    nothing. Succeeded: more than ``max_connections`` of them were still open after ``hold``."""
+    nothing. Succeeded: more than ``max_connections`` of them were still open after ``hold``.
+
+    With ``recheck_after`` (seconds from the first connection), counts again then and tries a
+    new connection (``numbers['open_later']``, ``numbers['accepts_later']``): how long a
+    lock-out lasts when the connections fill the listener."""
     socks: list[socket.socket] = []
     refused = 0
+    started = time.monotonic()
     try:
         for _ in range(count):
             try:
@@ -414,24 +461,21 @@ def attack_idle_prefaces(
             except OSError:
                 refused += 1
         hold()
-        still_open = 0
-        for sock in socks:
-            try:
-                sock.setblocking(False)
-                while True:  # drain what the agent sent (its SETTINGS), then look for EOF
-                    data = sock.recv(65536)
-                    if not data:
-                        break
-            except BlockingIOError:
-                still_open += 1
-            except OSError:
-                pass
+        still_open = _still_open(socks)
         got = (
             f"{len(socks)}/{count} connected ({refused} refused at connect), "
             f"{still_open} still open after the hold"
         )
-        return H2Result(still_open > max_connections, got,
-                        {"connected": len(socks), "open": still_open})  # fmt: skip
+        numbers: dict[str, Any] = {"connected": len(socks), "open": still_open}
+        if recheck_after is not None:
+            time.sleep(max(started + recheck_after - time.monotonic(), 0.0))
+            numbers["open_later"] = _still_open(socks)
+            numbers["accepts_later"] = _accepts(address)
+            got += (
+                f"; {recheck_after:g} s after connecting: {numbers['open_later']} open, a new "
+                f"connection {'is served' if numbers['accepts_later'] else 'is NOT served'}"
+            )
+        return H2Result(still_open > max_connections, got, numbers)
     finally:
         for sock in socks:
             with contextlib.suppress(OSError):
