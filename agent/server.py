@@ -24,7 +24,7 @@ from vaccel_core.log import ensure_logging
 from vaccel_core.plugins import get_registry
 from vaccel_core.transport import Address, Listener, TransportOptions
 
-from .limits import Limits
+from .limits import Limits, parse_size
 from .service import AgentService, logger
 
 #: ``--vaccel-config`` keys of earlier releases, by the limit they set.
@@ -42,10 +42,40 @@ def limits_from_config(config: Config, base: Limits | None = None) -> Limits:
     return (base or Limits()).with_values(values)
 
 
-def transport_options(limits: Limits, options: TransportOptions | None = None) -> TransportOptions:
-    """``options`` (or the defaults) with the connection-level limits of ``limits``."""
+#: ``--vaccel-config`` keys with these prefixes go to the transports (TransportOptions.extra),
+#: e.g. ``virtio_mock_max_memory_bytes=512M``.
+TRANSPORT_CONFIG_PREFIXES = ("virtio_mock_",)
+
+
+def _transport_value(key: str, value: Any) -> Any:
+    """A ``--vaccel-config`` string as the number a transport option takes (sizes may have a
+    K/M/G/T suffix when the key ends in ``_bytes``)."""
+    if not isinstance(value, str):
+        return value
+    if key.endswith("_bytes"):
+        return parse_size(value, key)
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def transport_options(
+    limits: Limits, options: TransportOptions | None = None, config: Config | None = None
+) -> TransportOptions:
+    """``options`` (or the defaults) with the connection-level limits of ``limits`` and the
+    transport settings of ``config`` (keys starting with :data:`TRANSPORT_CONFIG_PREFIXES`)."""
+    options = options or TransportOptions()
+    extra = dict(options.extra)
+    if config is not None:
+        for key, value in config.extra.items():
+            if key.startswith(TRANSPORT_CONFIG_PREFIXES) and key not in extra:
+                extra[key] = _transport_value(key, value)
     return replace(
-        options or TransportOptions(),
+        options,
+        extra=extra,
         max_connections=limits.max_connections,
         max_streams=limits.max_streams,
         max_clients=limits.max_clients,
@@ -74,7 +104,7 @@ class Agent:
         self.addresses = [Address.parse(a) for a in addresses]
         self.config = config or get_config()
         self.limits = limits or limits_from_config(self.config)
-        self.options = transport_options(self.limits, options)
+        self.options = transport_options(self.limits, options, self.config)
         self.session_ttl = session_ttl
         self.service: AgentService | None = None
         self._listeners: list[Listener] = []

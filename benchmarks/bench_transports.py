@@ -77,7 +77,8 @@ def serve(folder: str, scheme: str) -> None:
 
     VsockTransport.open_listener = open_listener  # type: ignore[method-assign]
     registry = get_registry()
-    options = TransportOptions()
+    # The 64 MiB round trip needs more than the default 64 MiB message limit.
+    options = TransportOptions(max_message_bytes=256 << 20)
     listeners = []  # kept: a gRPC server stops when its listener is garbage collected
     addresses = {
         "virtio-mock": f"virtio-mock://{folder}/vm.ctl",
@@ -204,7 +205,7 @@ def main() -> int:
 
     VsockTransport.open_stream = open_stream  # type: ignore[method-assign]
     registry = get_registry()
-    opts = TransportOptions(connect_timeout=10)
+    opts = TransportOptions(connect_timeout=10, max_message_bytes=256 << 20)
     virtio = registry.transport("virtio-mock").connect(
         Address.parse(f"virtio-mock://{folder}/vm.ctl"), opts
     )

@@ -10,6 +10,7 @@ loop) and run in threads (backends block); a call cancelled while still queued n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
@@ -135,7 +136,6 @@ def _settle(work: _Work, value: Any, exc: BaseException | None) -> None:
         else:
             work.future.set_result(value)
 
-    try:
+    # A closed loop (RuntimeError) has nobody awaiting the result any more.
+    with contextlib.suppress(RuntimeError):
         work.loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # the loop is closed: nobody awaits the result any more
-        pass

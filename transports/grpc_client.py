@@ -63,9 +63,10 @@ class GrpcChannel(Channel):
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
             self._channel.close()
+            tls = ", with TLS" if credentials else ""
             raise RemoteError(
                 f"cannot reach the vAccel agent at {address}: no connection within "
-                f"{timeout:g} s (is vaccel-agent listening there{', with TLS' if credentials else ''}?)"
+                f"{timeout:g} s (is vaccel-agent listening there{tls}?)"
             ) from None
         attach = self._channel.unary_stream(f"/{SERVICE_NAME}/Attach")
         self._attach = attach(b"", metadata=auth)

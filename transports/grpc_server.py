@@ -275,7 +275,9 @@ class AgentServicer(grpc.GenericRpcHandler):
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(None, self._handler.peer_connected, peer)
-            logger.debug("client %s attached from %s on %s", peer.id, peer.description, self.address)
+            logger.debug(
+                "client %s attached from %s on %s", peer.id, peer.description, self.address
+            )
             event = pb().AttachEvent(
                 agent_version=__version__, peer_id=peer.id, capability=capability
             )

@@ -59,7 +59,7 @@ from vaccel_core.transport import (
 )
 
 from .._accept import accept_loop
-from ..unix import listen_at
+from ..unix import check_socket_mode, listen_at
 from .layout import (
     DESC,
     VRING_DESC_F_INDIRECT,
@@ -938,6 +938,7 @@ class VirtioMockListener(Listener):
 
         self.path = control_path(address)
         self.address = f"virtio-mock://{self.path}"
+        check_socket_mode(options, self.address)
         self.handler = handler
         self.options = options
         self.limits = DeviceLimits.from_options(options)

@@ -253,7 +253,9 @@ class VsockListener(Listener):
                 raise
             return conn
 
-        self._relay = Relay(sock, dial, f"vsock relay on {self.address}")
+        self._relay = Relay(
+            sock, dial, f"vsock relay on {self.address}", max_pairs=options.max_connections
+        )
 
     def set_not_serving(self) -> None:
         not_serving: Any = getattr(self._inner, "set_not_serving", None)

@@ -79,11 +79,17 @@ class Relay:
     """
 
     def __init__(
-        self, listening: socket.socket, dial: Callable[[], socket.socket], name: str
+        self,
+        listening: socket.socket,
+        dial: Callable[[], socket.socket],
+        name: str,
+        max_pairs: int | None = None,
     ) -> None:
         self.listening = listening
         self.dial = dial
         self.name = name
+        #: Relayed connections at most (each costs two threads); more are closed at once.
+        self.max_pairs = max_pairs
         self.last_error: OSError | None = None
         self.pairs: list[Pair] = []
         self._lock = threading.Lock()
@@ -95,6 +101,17 @@ class Relay:
         accept_loop(self.listening, self._stop_r.fileno(), self._relay, self.name)
 
     def _relay(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.pairs = [p for p in self.pairs if not p.closed.is_set()]
+            full = self.max_pairs is not None and len(self.pairs) >= self.max_pairs
+        if full:
+            logger.warning(
+                "%s: refusing a connection: %d relayed already (--max-connections)",
+                self.name,
+                len(self.pairs),
+            )
+            conn.close()
+            return
         try:
             other = self.dial()
         except OSError as exc:
@@ -103,9 +120,14 @@ class Relay:
             conn.close()
             return
         self.last_error = None
+        try:
+            pair = Pair(conn, other, self.name)
+        except BaseException:  # no thread to pump it (out of threads): drop this one only
+            for s in (conn, other):
+                s.close()
+            raise
         with self._lock:
-            self.pairs = [p for p in self.pairs if not p.closed.is_set()]
-            self.pairs.append(Pair(conn, other, self.name))
+            self.pairs.append(pair)
 
     def stop_accepting(self, timeout: float = 2.0) -> None:
         """Accept no more connections (relayed ones go on)."""
