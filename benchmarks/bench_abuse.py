@@ -49,6 +49,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -159,6 +160,14 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
+def scrub(text: str, tmp: Path | None = None) -> str:
+    """``text`` without this machine's temporary paths (the agents' sockets and folders)."""
+    if tmp is not None:
+        text = text.replace(str(tmp), "<tmp>")
+    pattern = re.escape(tempfile.gettempdir().rstrip("/")) + r"/bench-abuse-[^/\s'\"]+"
+    return re.sub(pattern, "<tmp>", text)
+
+
 def run_attack(spec: Spec, opts: argparse.Namespace, limits: Any) -> Row:
     row = Row(spec.id, spec.title, spec.victim is None)
     started = time.monotonic()
@@ -248,6 +257,15 @@ def run_attack(spec: Spec, opts: argparse.Namespace, limits: Any) -> Row:
         if sampler is not None:
             sampler.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+        if row.outcome is not None:
+            row.outcome.got = scrub(row.outcome.got, tmp)
+        row.notes = [scrub(n, tmp) for n in row.notes]
+        row.error = scrub(row.error, tmp)
+        for p in row.probes:
+            p.error = scrub(p.error, tmp)
+        for lat in (row.base, row.during):
+            if lat is not None:
+                lat.first_error = scrub(lat.first_error, tmp)
         row.seconds = time.monotonic() - started
     return row
 
@@ -317,7 +335,7 @@ def details(rows: list[Row]) -> str:
             extra.append(f"first victim error: {r.during.first_error[:160]}")
         for p in r.probes:
             if not p.ok:
-                extra.append(f"new client on {p.address.partition('://')[0]}: {p.error[:160]}")
+                extra.append(f"new client on {p.address.partition('://')[0]}: {p.reason()[:160]}")
         if r.denied():
             text += f" [denied service: {', '.join(r.denied())}]"
         out.append(f"- {r.id} ({r.seconds:.0f} s): {text}")

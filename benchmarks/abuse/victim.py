@@ -260,7 +260,12 @@ class ProbeResult:
         scheme = self.address.partition("://")[0]
         if self.ok:
             return f"{scheme} ok {self.seconds:.2f}s"
-        return f"{scheme} FAIL ({self.error[:60]})"
+        return f"{scheme} FAIL ({self.reason()[:90]})"
+
+    def reason(self) -> str:
+        """The error without the agent's address (what matters is after it)."""
+        text = self.error.replace(self.address, "<address>")
+        return text.partition(": ")[2] or text
 
 
 def probe(address: str, timeout: float = 3.0, limit: float = 30.0) -> ProbeResult:
