@@ -81,14 +81,18 @@ LIMITS: tuple[LimitSpec, ...] = (
     LimitSpec("idle_timeout", "--idle-timeout", "seconds", 30.0,
               "a connection with no call and no attached client is closed after this",
               transport=True),
-    LimitSpec("max_message_bytes", "--max-message-size", "bytes", 64 * MiB,
+    LimitSpec("max_message_bytes", "--max-message-size", "bytes", 16 * MiB,
               "largest request or reply; a reply is refused before it is computed when its "
               "size is known from the request", transport=True),
+    LimitSpec("receive_timeout", "--receive-timeout", "seconds", 10.0,
+              "time a request has to arrive in full after its headers", transport=True),
     # Calls ------------------------------------------------------------------------------------
     LimitSpec("max_calls", "--max-calls", "count", 64,
-              "calls the agent serves at once, all clients together"),
+              "calls the agent serves at once, all clients together; also the requests a "
+              "listener receives at once (partial requests hold at most this x "
+              "--max-message-size)", transport=True),
     LimitSpec("max_client_calls", "--max-client-calls", "count", 8,
-              "calls one client has in flight at once"),
+              "calls one client has in flight at once (receiving or served)", transport=True),
     LimitSpec("max_inflight_bytes", "--max-inflight-bytes", "bytes", 1 * GiB,
               "request and reply bytes of the calls being served, all clients together"),
     LimitSpec("max_client_inflight_bytes", "--max-client-inflight-bytes", "bytes", 256 * MiB,
@@ -128,7 +132,8 @@ class Limits:
     max_clients: int = 64
     handshake_timeout: float = 10.0
     idle_timeout: float = 30.0
-    max_message_bytes: int = 64 * MiB
+    max_message_bytes: int = 16 * MiB
+    receive_timeout: float = 10.0
     max_calls: int = 64
     max_client_calls: int = 8
     max_inflight_bytes: int = 1 * GiB

@@ -82,6 +82,9 @@ def transport_options(
         handshake_timeout=limits.handshake_timeout,
         idle_timeout=limits.idle_timeout,
         max_message_bytes=limits.max_message_bytes,
+        receive_timeout=limits.receive_timeout,
+        max_calls=limits.max_calls,
+        max_client_calls=limits.max_client_calls,
     )
 
 

@@ -28,7 +28,7 @@ import itertools
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ from vaccel_core.transport import (
 )
 
 from . import grpc_framing
+from ._receiving import ReceiveSlots, Refused
 from ._scheduler import FairExecutor, QueueFull
 from .grpc_transport import (
     CAPABILITY_METADATA,
@@ -73,6 +74,10 @@ def server_options(options: TransportOptions) -> list[tuple[str, Any]]:
         ("grpc.max_connection_idle_ms", max(100, int(options.idle_timeout * 1000))),
         # A port already in use is an error, never silently shared with another process.
         ("grpc.so_reuseport", 0),
+        # Without bandwidth-delay probing a stream's window stays at HTTP/2's initial 64 KiB
+        # until its request is read: a call refused or not yet admitted buffers no more than
+        # that (with probing, gRPC granted unread streams about 12 MiB each).
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 
@@ -127,6 +132,9 @@ class AgentServicer(grpc.GenericRpcHandler):
         self._max_streams = max(2, int(options.max_streams))
         workers = int(options.extra.get("max_workers", DEFAULT_WORKERS))
         self._executor = FairExecutor(workers, self._max_streams, "vaccel-agent")
+        self._receive_timeout = max(0.1, float(options.receive_timeout))
+        #: Calls receiving their request (the only time gRPC buffers request bytes for them).
+        self.receiving = ReceiveSlots(int(options.max_calls), int(options.max_client_calls))
         self._prefix = f"/{SERVICE_NAME}/"
         self._clients: dict[str, _Client] = {}  # capability -> client
         self._anonymous = itertools.count(1)
@@ -138,19 +146,46 @@ class AgentServicer(grpc.GenericRpcHandler):
 
     # Routing -------------------------------------------------------------------------------
     def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
+        """Every method is served with a streaming request, so that gRPC reads a request
+        only when the agent asks for it: after the caller is known and admitted."""
         method: str = handler_call_details.method
         if not method.startswith(self._prefix):
             return None
         name = method[len(self._prefix) :]
         if name == "Attach":
-            return grpc.unary_stream_rpc_method_handler(self._attach)
-        return grpc.unary_unary_rpc_method_handler(self._unary_for(name))
+            return grpc.stream_stream_rpc_method_handler(self._attach)
+        return grpc.stream_unary_rpc_method_handler(self._unary_for(name))
 
-    def _unary_for(self, name: str) -> Callable[[bytes, Any], Any]:
-        async def unary(request: bytes, context: Any) -> bytes:
-            return await self._unary(name, request, context)
+    def _unary_for(self, name: str) -> Callable[[Any, Any], Any]:
+        async def unary(requests: Any, context: Any) -> bytes:
+            return await self._unary(name, context)
 
         return unary
+
+    # Receiving -----------------------------------------------------------------------------
+    async def receive(self, key: Hashable, name: str, context: Any) -> Any:
+        """The call's (first) request message, read within the receive slots' bounds and
+        ``--receive-timeout``; None at the end of the stream."""
+        try:
+            slot = self.receiving.enter(key, name)
+        except Refused as exc:
+            raise _Abort("RESOURCE_EXHAUSTED", errno.ENOMEM, str(exc)) from None
+        try:
+            message = await asyncio.wait_for(context.read(), self._receive_timeout)
+        except asyncio.CancelledError:
+            if slot.evicted is None:
+                raise
+            raise _Abort("RESOURCE_EXHAUSTED", errno.ENOMEM, slot.evicted) from None
+        except asyncio.TimeoutError:
+            raise _Abort(
+                "DEADLINE_EXCEEDED",
+                errno.ETIMEDOUT,
+                f"{name}: the request did not arrive within {self._receive_timeout:g} s of "
+                f"its headers (--receive-timeout)",
+            ) from None
+        finally:
+            self.receiving.leave(slot)
+        return None if message is grpc.aio.EOF else message
 
     # Who is calling ------------------------------------------------------------------------
     def _check_token(self, name: str, metadata: dict[str, Any]) -> bool:
@@ -205,7 +240,7 @@ class AgentServicer(grpc.GenericRpcHandler):
             if self._inflight == 0:
                 self._idle.notify_all()
 
-    async def _unary(self, name: str, request: bytes, context: Any) -> bytes:
+    async def _unary(self, name: str, context: Any) -> bytes:
         if not self._enter():
             return await _abort(
                 context, "UNAVAILABLE", errno.EREMOTEIO, f"{name}: the agent is stopping"
@@ -213,6 +248,11 @@ class AgentServicer(grpc.GenericRpcHandler):
         failure: tuple[str, int, str]
         try:
             peer, key = self._caller(name, context)
+            request = await self.receive(key, name, context)
+            if request is None:
+                raise _Abort(
+                    "INVALID_ARGUMENT", errno.EINVAL, f"{name}: the call carried no request"
+                )
             return await self._executor.run(key, self._serve, name, request, peer)
         except _Abort as exc:
             failure = (exc.status, exc.code, exc.message)
@@ -248,7 +288,9 @@ class AgentServicer(grpc.GenericRpcHandler):
         return grpc_framing.encode(reply)
 
     # Attach streams ------------------------------------------------------------------------
-    async def _attach(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
+    async def _attach(self, requests: Any, context: Any) -> AsyncIterator[bytes]:
+        # The AttachRequest (a free-form description) is never read: an Attach holds no more
+        # than a stream window of request bytes.
         from vaccel_core import __version__
         from vaccel_core.proto import pb
 
@@ -322,6 +364,81 @@ class AgentServicer(grpc.GenericRpcHandler):
 
     def shutdown(self) -> None:
         self._executor.shutdown()
+
+
+class OtherServicesGuard(grpc.aio.ServerInterceptor):
+    """The health and reflection services under the same receiving bounds as the agent's
+    own methods (as the anonymous client): their requests are read only once admitted and
+    within ``--receive-timeout``, never buffered whole by gRPC before."""
+
+    def __init__(self, servicer: AgentServicer) -> None:
+        self._servicer = servicer
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(f"/{SERVICE_NAME}/"):
+            return handler
+        return self._guarded(handler, details.method.rsplit("/", 1)[-1])
+
+    def _guarded(self, handler: Any, name: str) -> Any:
+        servicer = self._servicer
+
+        async def first(context: Any) -> Any:
+            try:
+                request = await servicer.receive("anonymous", name, context)
+            except _Abort as exc:
+                await _abort(context, exc.status, exc.code, exc.message)
+            if request is None:
+                await _abort(context, "INVALID_ARGUMENT", errno.EINVAL, f"{name}: no request")
+            return request
+
+        kinds = dict(
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        if handler.request_streaming and handler.response_streaming:
+
+            async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+                async def guarded_requests() -> AsyncIterator[Any]:
+                    while True:
+                        try:
+                            request = await servicer.receive("anonymous", name, context)
+                        except _Abort as exc:
+                            await _abort(context, exc.status, exc.code, exc.message)
+                        if request is None:
+                            return
+                        yield request
+
+                async for reply in _replies(handler.stream_stream(guarded_requests(), context)):
+                    yield reply
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, **kinds)
+        if handler.response_streaming:
+
+            async def unary_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+                request = await first(context)
+                async for reply in _replies(handler.unary_stream(request, context)):
+                    yield reply
+
+            return grpc.stream_stream_rpc_method_handler(unary_stream, **kinds)
+        if handler.request_streaming:
+            return handler  # stream-unary: reads on demand already (none are served today)
+
+        async def unary_unary(requests: Any, context: Any) -> Any:
+            request = await first(context)
+            return await handler.unary_unary(request, context)
+
+        return grpc.stream_unary_rpc_method_handler(unary_unary, **kinds)
+
+
+async def _replies(result: Any) -> AsyncIterator[Any]:
+    """What a streaming handler produced: the items of an async iterator, or nothing when it
+    wrote its replies itself (``context.write``) and returned a coroutine."""
+    if hasattr(result, "__aiter__"):
+        async for reply in result:
+            yield reply
+    elif result is not None:
+        await result
 
 
 async def _abort(context: Any, status: str, code: int, message: str) -> bytes:
@@ -405,8 +522,10 @@ async def _start(
     from vaccel_core.proto import pb
 
     pb()  # the agent's descriptors must be in the pool for reflection
-    server = grpc.aio.server(options=server_options(options))
     servicer = AgentServicer(handler, bind, options)
+    server = grpc.aio.server(
+        options=server_options(options), interceptors=(OtherServicesGuard(servicer),)
+    )
     server.add_generic_rpc_handlers((servicer,))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -36,7 +36,7 @@ Buffer = bytes | bytearray | memoryview
 
 #: Default cap on one message (payload + buffers). Resource files travel in chunks, so this
 #: bounds tensors and images only; larger tensors want a raised limit or shared memory.
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+DEFAULT_MAX_MESSAGE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -186,6 +186,12 @@ class TransportOptions:
     handshake_timeout: float = 10.0
     #: Seconds after which a connection with no call and no attached client is closed.
     idle_timeout: float = 30.0
+    #: Calls of all clients, and of one client, receiving their request at once (partial
+    #: requests hold at most ``max_calls x max_message_bytes``).
+    max_calls: int = 64
+    max_client_calls: int = 8
+    #: Seconds a call's request has to arrive in full after its headers.
+    receive_timeout: float = 10.0
     tls: TlsOptions | None = None
     #: Bearer token: a listener refuses calls without it; a channel sends it.
     token: bytes | None = None

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,10 +138,11 @@ def test_half_sent_request_headers_hold_no_thread(tcp_agent: AgentProcess) -> No
         assert result.numbers["open"] <= 16
 
 
-def test_half_sent_bodies_of_an_oversized_message_are_refused(tcp_agent: AgentProcess) -> None:
-    """Attack 4: streams announce a 1 GiB gRPC message and send 32 MiB of it. The agent took
-    2.19 GB; now a message over --max-message-size (64 MiB) is refused as soon as its length
-    is read."""
+def test_half_sent_bodies_without_a_capability_are_never_read(tcp_agent: AgentProcess) -> None:
+    """Attack 4 as in the issue: streams announce a 1 GiB gRPC message and send 32 MiB of it.
+    The agent took 2.19 GB; now a call is admitted when its headers arrive, before gRPC reads
+    its body, and one without a capability is refused right there: it never gets more than
+    HTTP/2's initial 64 KiB window."""
     before_rss = rss(tcp_agent.pid)
     before = baseline(tcp_agent)
     peak = [before_rss]
@@ -160,10 +162,117 @@ def test_half_sent_bodies_of_an_oversized_message_are_refused(tcp_agent: AgentPr
         )
     victim.check(before)
     assert not result.succeeded, result.got
-    assert result.numbers["reset"] == 32 and "larger than max" in result.got, result.got
-    # What the attacker wrote before its streams were reset (flow control windows), not kept.
-    assert result.numbers["accepted"] < 256 << 20, result.got
-    assert max(peak) - before_rss < 256 << 20, f"agent grew by {(max(peak) - before_rss) >> 20} MiB"
+    assert result.numbers["reset"] == 32 and "no client capability" in result.got, result.got
+    assert result.numbers["accepted"] <= 32 * 65535, result.got
+    assert max(peak) - before_rss < 64 << 20, f"agent grew by {(max(peak) - before_rss) >> 20} MiB"
+
+
+def attached_streams(address: str, capability: str, count: int, announce: int) -> Any:
+    """An HTTP/2 connection with ``count`` Run calls of a client (its capability), each
+    announcing ``announce`` bytes of request and sending none yet."""
+    client = h2raw.H2Client(address)
+    sids = []
+    for _ in range(count):
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(
+            sid,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/vaccel.agent.v1.Agent/Run"),
+                (":authority", "localhost"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                ("vaccel-capability", capability),
+            ],
+        )
+        client.streams[sid] = h2raw.StreamState()
+        client.send(sid, b"\x00" + announce.to_bytes(4, "big"))
+        sids.append(sid)
+    client.flush()
+    return client, sids
+
+
+def feed(clients: list[Any], per_stream: int, seconds: float) -> int:
+    """Send up to ``per_stream`` bytes on every open stream for ``seconds``; bytes sent."""
+    block = bytes(1 << 20)
+    sent: dict[tuple[int, int], int] = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        progress = False
+        for i, (client, sids) in enumerate(clients):
+            client.pump(0.0)
+            for sid in sids:
+                done = sent.get((i, sid), 0)
+                if done < per_stream:
+                    n = client.send(sid, block[: min(len(block), per_stream - done)])
+                    sent[(i, sid)] = done + n
+                    progress = progress or n > 0
+        if not progress:
+            time.sleep(0.05)
+    return sum(sent.values())
+
+
+def test_half_sent_bodies_of_attached_clients_are_bounded_by_the_receiving_slots(
+    tmp_path: Path,
+) -> None:
+    """Attack 4 by clients that did attach: 4 capabilities x 16 streams, each announcing a
+    message just under --max-message-size (16 MiB) and sending 15 MiB of it. At most
+    --max-client-calls (8) of a client's calls are read at once, and a body that does not
+    arrive within --receive-timeout is dropped, so the agent holds at most 4 x 8 x 16 MiB."""
+    agent = start_agent([f"unix://{tmp_path / 'a.sock'}"], args=["--receive-timeout", "3"])
+    attackers = [RawClient(agent.address) for _ in range(4)]
+    conns = []
+    try:
+        before_rss = rss(agent.pid)
+        before = baseline(agent)
+        with Victim(agent) as victim:
+            for attacker in attackers:
+                capability = attacker.channel._metadata[0][1]  # type: ignore[attr-defined]
+                conns.append(attached_streams(agent.address, capability, 16, (16 << 20) - 64))
+            sent = feed(conns, 15 << 20, 2.0)
+            held = rss(agent.pid) - before_rss
+            time.sleep(2.5)  # past --receive-timeout: the partial requests are dropped
+            for client, _ in conns:
+                client.pump(0.2)
+        victim.check(before)
+        assert sent <= 4 * 8 * (16 << 20) + 4 * 16 * 65535, sent
+        assert held < 4 * 8 * (16 << 20) + (64 << 20), f"agent grew by {held >> 20} MiB"
+        statuses = [
+            st.grpc_status for client, _ in conns for st in client.streams.values()
+        ]
+        assert statuses.count("8") == 4 * 8, statuses  # RESOURCE_EXHAUSTED at the headers
+        assert statuses.count("4") == 4 * 8, statuses  # DEADLINE_EXCEEDED: never completed
+    finally:
+        for client, _ in conns:
+            client.close()
+        for attacker in attackers:
+            attacker.close()
+        agent.stop()
+
+
+def test_a_slow_sender_holding_every_slot_is_evicted_for_another_client(tmp_path: Path) -> None:
+    """--max-calls 8: one client holds all 8 receiving slots with bodies it never finishes;
+    another client's call takes the place of the attacker's oldest instead of waiting."""
+    agent = start_agent([f"unix://{tmp_path / 'a.sock'}"], args=["--max-calls", "8"])
+    attacker, victim = RawClient(agent.address), RawClient(agent.address)
+    try:
+        sid = victim.create_session()
+        capability = attacker.channel._metadata[0][1]  # type: ignore[attr-defined]
+        client, _ = attached_streams(agent.address, capability, 8, 1 << 20)
+        client.pump(0.5)
+        time.sleep(1.2)  # older than the eviction grace
+        start = time.perf_counter()
+        assert victim.noop(sid) is not None
+        assert time.perf_counter() - start < 1.0
+        client.pump(0.5)
+        messages = [st.grpc_message for st in client.streams.values()]
+        assert any("made room for another client" in m for m in messages), messages
+        client.close()
+    finally:
+        attacker.close()
+        victim.close()
+        agent.stop()
 
 
 def test_idle_connections_are_capped_and_closed(tmp_path: Path) -> None:

@@ -103,7 +103,7 @@ def test_device_reads_request_buffers_in_shared_memory(server: EchoServer) -> No
 
 def test_large_tensor_round_trip(server: EchoServer) -> None:
     with connect(server.address) as ch:
-        big = np.random.default_rng(0).integers(0, 255, 16 << 20, dtype=np.uint8)
+        big = np.random.default_rng(0).integers(0, 255, 12 << 20, dtype=np.uint8)
         reply = echo(ch, b"big", big)
         assert np.array_equal(np.frombuffer(reply.buffers[0], np.uint8), big)
 

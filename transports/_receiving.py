@@ -1,0 +1,107 @@
+"""Bounds on requests being received, with fair eviction of the slowest.
+
+A request costs memory from its first body byte until it is complete, and how long that takes
+is up to the sender. The gRPC listener therefore admits a call to its *receiving* phase (from
+its headers until its request message is complete) only within two bounds: ``per_key`` calls
+of one client and ``total`` calls of the listener, so partial requests hold at most
+``total x max_message_bytes``. A call over a bound does not simply lose to whoever holds the
+slots (a slow sender would hold them forever): it evicts the oldest receiving call of its own
+client, or of the client receiving the most, when that call has been receiving for longer than
+``grace`` seconds; legitimate requests complete in milliseconds, so what gets evicted is a
+sender that dawdles. Everything here runs on the listener's event loop (no locks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+
+class Refused(Exception):
+    """No receiving slot for this call: the message says which bound and flag."""
+
+
+@dataclass(eq=False)
+class Slot:
+    """One call receiving its request. ``evicted`` is set when another call took its place."""
+
+    key: Hashable
+    task: asyncio.Task[object] | None
+    since: float = field(default_factory=time.monotonic)
+    evicted: str | None = None
+
+
+class ReceiveSlots:
+    """Receiving calls per key and in total, evicting the slowest over a bound."""
+
+    def __init__(self, total: int, per_key: int, grace: float = 1.0) -> None:
+        self.total = max(1, total)
+        self.per_key = max(1, per_key)
+        self.grace = grace
+        self._by_key: dict[Hashable, list[Slot]] = {}
+        self._count = 0
+        #: Calls refused or evicted, for tests and status.
+        self.refused = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def enter(self, key: Hashable, what: str) -> Slot:
+        """A slot for the current task's call of ``key``, or Refused. ``what`` names the
+        call in messages."""
+        mine = self._by_key.get(key, [])
+        if len(mine) >= self.per_key:
+            self._evict_oldest(
+                key,
+                f"{what}: this client already has {len(mine)} requests being received "
+                f"(limit {self.per_key}, --max-client-calls); its slowest was dropped",
+                f"{what}: this client already has {len(mine)} requests being received "
+                f"(limit {self.per_key}, --max-client-calls)",
+            )
+        elif self._count >= self.total:
+            heaviest = max(self._by_key, key=lambda k: (len(self._by_key[k]), -self._oldest(k)))
+            if len(self._by_key[heaviest]) <= len(mine):
+                self.refused += 1
+                raise Refused(
+                    f"{what}: the listener is receiving {self._count} requests "
+                    f"(limit {self.total}, --max-calls); try again shortly"
+                )
+            self._evict_oldest(
+                heaviest,
+                f"{what}: the listener is receiving {self._count} requests "
+                f"(limit {self.total}, --max-calls); this slow one made room for another "
+                f"client's",
+                f"{what}: the listener is receiving {self._count} requests "
+                f"(limit {self.total}, --max-calls); try again shortly",
+            )
+        slot = Slot(key, asyncio.current_task())
+        self._by_key.setdefault(key, []).append(slot)
+        self._count += 1
+        return slot
+
+    def _oldest(self, key: Hashable) -> float:
+        return min(s.since for s in self._by_key[key])
+
+    def _evict_oldest(self, key: Hashable, evicted: str, refused: str) -> None:
+        slots = self._by_key[key]
+        oldest = min(slots, key=lambda s: s.since)
+        if time.monotonic() - oldest.since < self.grace or oldest.task is None:
+            self.refused += 1
+            raise Refused(refused)
+        self.leave(oldest)
+        oldest.evicted = evicted
+        self.evictions += 1
+        oldest.task.cancel()
+
+    def leave(self, slot: Slot) -> None:
+        """The call's request is complete, or the call ended (idempotent)."""
+        slots = self._by_key.get(slot.key)
+        if slots is None or slot not in slots:
+            return
+        slots.remove(slot)
+        self._count -= 1
+        if not slots:
+            del self._by_key[slot.key]
