@@ -32,9 +32,11 @@ class Ticket:
     nbytes: int = 0
     released: bool = field(default=False)
 
-    def reserve(self, nbytes: int, why: str) -> None:
-        """Hold ``nbytes`` more for this call (its reply), or raise RESOURCE_EXHAUSTED."""
-        self.admission._reserve(self, nbytes, why)
+    def reserve(self, nbytes: int, why: str, copies: int = 1) -> None:
+        """Hold ``nbytes`` more for this call (its reply), or raise RESOURCE_EXHAUSTED.
+        ``copies``: how many times the agent holds those bytes at once (a result array and
+        the message that carries it: 2); a reply itself may be at most one message."""
+        self.admission._reserve(self, nbytes, why, copies)
 
     def release(self) -> None:
         self.admission._release(self)
@@ -110,7 +112,7 @@ class Admission:
     def _refuse(self, name: str) -> None:
         self.rejections[name] = self.rejections.get(name, 0) + 1
 
-    def _reserve(self, ticket: Ticket, nbytes: int, why: str) -> None:
+    def _reserve(self, ticket: Ticket, nbytes: int, why: str, copies: int = 1) -> None:
         if nbytes <= 0:
             return
         if nbytes > self.limits.max_message_bytes:
@@ -122,14 +124,15 @@ class Admission:
                 f"{why} would be {nbytes} bytes, more than the message size limit "
                 f"({self.limits.max_message_bytes} bytes)",
             )
+        held = nbytes * max(1, copies)
         with self._lock:
             if ticket.released:
                 return
             usage = self._clients.setdefault(ticket.client, _Usage())
-            self._check_bytes(ticket.client, usage, nbytes, ticket.what, why)
-            usage.nbytes += nbytes
-            self._total.nbytes += nbytes
-            ticket.nbytes += nbytes
+            self._check_bytes(ticket.client, usage, held, ticket.what, why)
+            usage.nbytes += held
+            self._total.nbytes += held
+            ticket.nbytes += held
 
     def _release(self, ticket: Ticket) -> None:
         with self._lock:

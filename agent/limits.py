@@ -75,7 +75,7 @@ LIMITS: tuple[LimitSpec, ...] = (
               "concurrent streams (calls, Attach included) per connection", transport=True),
     LimitSpec("max_clients", "--max-clients", "count", 64,
               "attached clients per listener", transport=True),
-    LimitSpec("handshake_timeout", "--handshake-timeout", "seconds", 10.0,
+    LimitSpec("handshake_timeout", "--handshake-timeout", "seconds", 5.0,
               "time a new connection has to finish its set-up (HTTP/2 preface, TLS, virtio "
               "rings)", transport=True),
     LimitSpec("idle_timeout", "--idle-timeout", "seconds", 30.0,
@@ -130,7 +130,7 @@ class Limits:
     max_connections: int = 128
     max_streams: int = 16
     max_clients: int = 64
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 5.0
     idle_timeout: float = 30.0
     max_message_bytes: int = 16 * MiB
     receive_timeout: float = 10.0

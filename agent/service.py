@@ -233,10 +233,11 @@ class AgentService:
 
     def _reserve_reply(self, nbytes: int | None, why: str) -> None:
         """Hold ``nbytes`` of reply for the call being served (RESOURCE_EXHAUSTED over a
-        limit); a no-op outside :meth:`handle`."""
+        limit); a no-op outside :meth:`handle`. Counted twice: the result (an array, the
+        bytes read) and the message that carries it exist at the same time."""
         ticket = getattr(self._tickets, "current", None)
         if ticket is not None and nbytes:
-            ticket.reserve(nbytes, why)
+            ticket.reserve(nbytes, why, copies=2)
 
     def peer_connected(self, peer: Peer) -> None:
         with self._lock:

@@ -183,7 +183,7 @@ class TransportOptions:
     #: Attached clients per listener.
     max_clients: int = 64
     #: Seconds a new connection has to finish its set-up.
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 5.0
     #: Seconds after which a connection with no call and no attached client is closed.
     idle_timeout: float = 30.0
     #: Calls of all clients, and of one client, receiving their request at once (partial
