@@ -60,7 +60,9 @@ class Known:
     own_sessions: list[int] = field(default_factory=list)
     other_sessions: list[int] = field(default_factory=list)
     own_resources: list[int] = field(default_factory=list)
-    held_digests: list[str] = field(default_factory=list)
+    other_resources: list[int] = field(default_factory=list)
+    held_digests: list[str] = field(default_factory=list)  # blobs this client uploaded
+    other_digests: list[str] = field(default_factory=list)  # blobs only the other one did
     held_sizes: dict[str, int] = field(default_factory=dict)
 
 
@@ -173,6 +175,8 @@ def digests(known: Known) -> st.SearchStrategy[str]:
         st.text(alphabet="0123456789abcdef", max_size=70),
         big_text(),
     ]
+    if known.other_digests:
+        choices.insert(0, st.sampled_from(known.other_digests))
     if known.held_digests:
         choices.insert(0, st.sampled_from(known.held_digests))
     return st.one_of(*choices)
@@ -328,7 +332,7 @@ def scalar(draw: Any, msg: Any, f: FieldDescriptor, known: Known, buffers: list[
     if name == "session_id":
         return draw(ids(known.own_sessions, known.other_sessions))
     if name in ("resource_id", "resource"):
-        return draw(ids(known.own_resources))
+        return draw(ids(known.own_resources, known.other_resources))
     if name == "sha256":
         return draw(digests(known))
     if owner == "ResourceFileRef" and name == "name":

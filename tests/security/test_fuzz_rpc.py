@@ -273,8 +273,30 @@ class World:
             )
         parsed = METHODS[drawn.method][1].FromString(bytes(reply.payload))
         assert reply.nbytes <= MESSAGE_LIMIT, f"reply of {reply.nbytes} B: {where}"
+        self._check_isolation(client, drawn, parsed)
         self._track(client, drawn, parsed)
         return parsed
+
+    def _check_isolation(self, client: Client, drawn: Drawn, reply: Any) -> None:
+        """A call that succeeded used nothing of the other client's: no resource of it, and
+        no blob only it uploaded (attack 1: knowing a file's sha256 must not be enough)."""
+        msg, other = drawn.message, self.other(client).known
+        if msg is None:
+            return
+        if drawn.method == "RegisterResource" and reply.resource_id:
+            theirs = set(other.held_digests) - set(client.known.held_digests)
+            used = {f.sha256 for f in msg.files} & theirs
+            assert not used, (
+                f"{client.name} registered the other client's blob(s) {sorted(used)} without "
+                f"uploading them: {drawn!r}"
+            )
+        if drawn.method == "Run" and msg.WhichOneof("args"):
+            args = getattr(msg, msg.WhichOneof("args"))
+            for fd, value in args.ListFields():
+                if fd.name == "resource":
+                    assert value not in other.own_resources, (
+                        f"{client.name} ran with the other client's resource {value}: {drawn!r}"
+                    )
 
     def _track(self, client: Client, drawn: Drawn, reply: Any) -> None:
         known = client.known
@@ -283,6 +305,7 @@ class World:
             self.other(client).known.other_sessions.append(int(reply.session_id))
         elif drawn.method == "RegisterResource" and reply.resource_id:
             known.own_resources.append(int(reply.resource_id))
+            self.other(client).known.other_resources.append(int(reply.resource_id))
 
     def setup(self) -> None:
         """A: two sessions, a blob, a MODEL resource; B: one session and a resource."""
@@ -303,6 +326,8 @@ class World:
             reg.files.add(name="model.onnx", sha256=digest, size=len(blob))
             got = self.call(client, _drawn("RegisterResource", reg))
             assert got is not None and got.resource_id, "set-up: RegisterResource failed"
+        for client in (self.a, self.b):
+            client.known.other_digests = list(self.other(client).known.held_digests)
 
 
 def _drawn(method: str, msg: Any) -> Drawn:
