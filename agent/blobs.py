@@ -433,6 +433,9 @@ class BlobStore:
                 if digest in self._blobs:  # the same bytes are on disk already: share them
                     self._blobs[digest] += 1
                 else:
+                    # Read-only: the bytes are shared by every client that uploaded them,
+                    # and backends see them through hard links.
+                    os.chmod(upload.partial, 0o444)
                     os.replace(upload.partial, self.path(digest))
                     self._blobs[digest] = 1
                 client.grants[digest] = _Grant(size)
