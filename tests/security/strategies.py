@@ -193,7 +193,7 @@ def ids(own: Sequence[int], other: Sequence[int] = ()) -> st.SearchStrategy[int]
 
 DTYPES = ["float32", "float64", "int32", "int64", "uint8", "int8", "bool", "float16",
           "complex64", "object", "V8", "S4", "U3", "<f4", ">i8", "M8[s]", "", "nope",
-          "f"]  # fmt: skip
+          "f", ",", "f4,i4", "(2,)f4", "(1000000000,)f8", "a", "i4,(2"]  # fmt: skip
 
 
 # Tensors ----------------------------------------------------------------------------------------

@@ -155,7 +155,46 @@ def _tensor_name_echo_example(known: Known) -> Drawn:
     return _drawn("Run", msg)
 
 
+def _numpy_dtype_crashes(name: str) -> bool:
+    """Whether ``np.dtype(name)`` raises something else than TypeError/ValueError (numpy
+    parses comma-separated dtype strings with ast.literal_eval: SyntaxError)."""
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            np.dtype(name)
+        except (TypeError, ValueError):
+            return False
+        except Exception:
+            return True
+    return False
+
+
+def _dtype_syntax_example(known: Known) -> Drawn:
+    msg = _run_request(known, op="minmax")
+    msg.minmax.data.dtype = ","
+    return _drawn("Run", msg)
+
+
 KNOWN_BUGS: list[KnownBug] = [
+    KnownBug(
+        "tensor-dtype-syntaxerror",
+        "vaccel_plugins/rpc/codec.py Decoder.tensor catches only TypeError/ValueError from "
+        "np.dtype(msg.dtype), but numpy parses a dtype string with a comma through "
+        "ast.literal_eval: Tensor.dtype ',' (or 'f4,,', 'i4,(2') raises SyntaxError. In "
+        "process AgentService.handle raises SyntaxError; over the wire the client gets "
+        "INTERNAL 'Run: unexpected agent error' and the agent logs a traceback. Minimal: "
+        "Run minmax on one's own session with data.dtype=','",
+        lambda d: d.message is not None
+        and any(
+            m.DESCRIPTOR.name == "Tensor" and _numpy_dtype_crashes(m.dtype)
+            for m in _submessages(d.message)
+        ),
+        _dtype_syntax_example,
+    ),
     KnownBug(
         "run-op-name-echoed",
         "agent/service.py _run: a Run whose 'op' field does not match its args case (or has "
@@ -586,7 +625,7 @@ def test_known_bug(bug: KnownBug) -> None:
         assert bug.matches(drawn), f"{bug.id}: its example does not match its own predicate"
         try:
             world.call(world.a, drawn)
-        except AssertionError as exc:
-            raise BugReproduced(f"{bug.id}: {exc}") from None
+        except Exception as exc:  # a property failed, or the agent raised what it must not
+            raise BugReproduced(f"{bug.id}: {type(exc).__name__}: {exc}") from None
     finally:
         _finish_in_process(svc, peers)
