@@ -6,33 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import stat
-from typing import Any
 
-from tests.remote.conftest import make_service, service_call
+from tests.remote.conftest import make_service
+from tests.security.conftest import session_with_model
 from vaccel_core.transport import Peer
-
-
-def pb() -> Any:
-    from vaccel_core.proto import pb as load
-
-    return load()
 
 
 def test_blob_files_and_their_links_are_read_only() -> None:
     svc = make_service()
     try:
-        peer = Peer("p")
-        sid = service_call(
-            svc, "CreateSession", pb().CreateSessionRequest(), pb().CreateSessionResponse, peer
-        ).session_id
         data = b"weights" * 1000
+        session_with_model(svc, Peer("p"), data)
         digest = hashlib.sha256(data).hexdigest()
-        put = pb().PutBlobRequest(sha256=digest, size=len(data), offset=0)
-        put.data.inline = data
-        service_call(svc, "PutBlob", put, pb().PutBlobResponse, peer)
-        register = pb().RegisterResourceRequest(session_id=sid, type=2)
-        register.files.add(name="model.onnx", sha256=digest, size=len(data))
-        service_call(svc, "RegisterResource", register, pb().RegisterResourceResponse, peer)
         blob = svc.blobs.path(digest)
         assert stat.S_IMODE(blob.stat().st_mode) == 0o444
         links = [p for p in svc.blobs.root.rglob("model.onnx")]

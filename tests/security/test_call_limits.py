@@ -17,22 +17,11 @@ from agent.limits import Limits
 from tests.remote.conftest import (
     RawClient,
     make_service,
-    missing_remote_extra,
     service_call,
     start_agent,
 )
+from tests.security.conftest import create_session, pb
 from vaccel_core.transport import CallError, Peer
-
-pytestmark = [
-    pytest.mark.skipif(missing_remote_extra() is not None, reason=str(missing_remote_extra())),
-    pytest.mark.timeout(120),
-]
-
-
-def pb() -> Any:
-    from vaccel_core.proto import pb as load
-
-    return load()
 
 
 def tensor(msg: Any, shape: tuple[int, ...], dtype: str = "float32") -> None:
@@ -49,13 +38,6 @@ def huge_sgemm(session_id: int) -> Any:
     return request
 
 
-def create(svc: Any, peer: Peer) -> int:
-    reply = service_call(
-        svc, "CreateSession", pb().CreateSessionRequest(), pb().CreateSessionResponse, peer
-    )
-    return int(reply.session_id)
-
-
 def run(svc: Any, peer: Peer, request: Any) -> Any:
     return service_call(svc, "Run", request, pb().OpResponse, peer)
 
@@ -64,7 +46,7 @@ def test_a_tiny_request_for_a_huge_result_is_refused_before_it_runs() -> None:
     svc = make_service()
     try:
         peer = Peer("attacker")
-        sid = create(svc, peer)
+        sid = create_session(svc, peer)
         request = huge_sgemm(sid)
         assert request.ByteSize() < 64
         with pytest.raises(CallError) as err:
@@ -115,13 +97,13 @@ def test_sessions_per_client_are_capped() -> None:
     svc = make_service(max_sessions=2)
     try:
         a, b = Peer("a"), Peer("b")
-        create(svc, a)
-        create(svc, a)
+        create_session(svc, a)
+        create_session(svc, a)
         with pytest.raises(CallError) as err:
-            create(svc, a)
+            create_session(svc, a)
         assert err.value.status == "RESOURCE_EXHAUSTED"
         assert "holds 2 sessions (limit 2) (--max-sessions)" in err.value.message
-        create(svc, b)  # another client is not affected
+        create_session(svc, b)  # another client is not affected
     finally:
         svc.close()
 

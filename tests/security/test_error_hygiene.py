@@ -3,19 +3,15 @@ show a host path, even when a backend's own error names the file the agent gave 
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from typing import Any
 
 import pytest
 
-from tests.remote.conftest import missing_remote_extra, service_call
+from tests.remote.conftest import service_call
+from tests.security.conftest import pb, session_with_model
 from vaccel_core import Backend, BackendError, Config, PluginType, hookimpl
 from vaccel_core.transport import CallError, Peer
-
-pytestmark = pytest.mark.skipif(
-    missing_remote_extra() is not None, reason=str(missing_remote_extra())
-)
 
 
 class LeakyBackend(Backend):
@@ -45,28 +41,6 @@ def leaky_service() -> Any:
     svc = AgentService(Config(plugins=["leaky"]), registry)
     yield svc
     svc.close()
-
-
-def pb() -> Any:
-    from vaccel_core.proto import pb as load
-
-    return load()
-
-
-def session_with_model(svc: Any, peer: Peer) -> tuple[int, int]:
-    """A session of ``peer`` and a MODEL resource registered with it."""
-    sid = service_call(
-        svc, "CreateSession", pb().CreateSessionRequest(), pb().CreateSessionResponse, peer
-    ).session_id
-    data = b"model bytes"
-    digest = hashlib.sha256(data).hexdigest()
-    put = pb().PutBlobRequest(sha256=digest, size=len(data), offset=0)
-    put.data.inline = data
-    service_call(svc, "PutBlob", put, pb().PutBlobResponse, peer)
-    register = pb().RegisterResourceRequest(session_id=sid, type=2)
-    register.files.add(name="model.onnx", sha256=digest, size=len(data))
-    rid = service_call(svc, "RegisterResource", register, pb().RegisterResourceResponse, peer)
-    return sid, rid.resource_id
 
 
 def test_a_backend_error_naming_the_agents_file_reaches_the_client_without_the_path(

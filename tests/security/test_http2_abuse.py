@@ -17,14 +17,8 @@ import pytest
 from tests.remote.conftest import (
     AgentProcess,
     RawClient,
-    missing_remote_extra,
     start_agent,
 )
-
-pytestmark = [
-    pytest.mark.skipif(missing_remote_extra() is not None, reason=str(missing_remote_extra())),
-    pytest.mark.timeout(120),
-]
 
 h2raw = pytest.importorskip("benchmarks.abuse.h2raw", reason="needs the h2 package (test extra)")
 
@@ -238,9 +232,7 @@ def test_half_sent_bodies_of_attached_clients_are_bounded_by_the_receiving_slots
         victim.check(before)
         assert sent <= 4 * 8 * (16 << 20) + 4 * 16 * 65535, sent
         assert held < 4 * 8 * (16 << 20) + (64 << 20), f"agent grew by {held >> 20} MiB"
-        statuses = [
-            st.grpc_status for client, _ in conns for st in client.streams.values()
-        ]
+        statuses = [st.grpc_status for client, _ in conns for st in client.streams.values()]
         assert statuses.count("8") == 4 * 8, statuses  # RESOURCE_EXHAUSTED at the headers
         assert statuses.count("4") == 4 * 8, statuses  # DEADLINE_EXCEEDED: never completed
     finally:

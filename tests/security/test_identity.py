@@ -13,16 +13,12 @@ import pytest
 from tests.remote.conftest import (
     AgentProcess,
     RawClient,
-    missing_remote_extra,
     start_agent,
     wait_until,
 )
 from vaccel_core.transport import CallError
 
-pytestmark = [
-    pytest.mark.skipif(missing_remote_extra() is not None, reason=str(missing_remote_extra())),
-    pytest.mark.timeout(60),
-]
+pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(params=["unix", "tcp"])

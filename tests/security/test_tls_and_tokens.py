@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,16 +19,10 @@ from tests.remote.conftest import (
     RawClient,
     agent_command,
     clean_env,
-    missing_remote_extra,
     start_agent,
 )
 from vaccel_core.errors import RemoteError
 from vaccel_core.transport import CallError, TlsOptions, TransportOptions
-
-pytestmark = [
-    pytest.mark.skipif(missing_remote_extra() is not None, reason=str(missing_remote_extra())),
-    pytest.mark.timeout(120),
-]
 
 certs = pytest.importorskip("tests.security.certs", reason="needs the cryptography package")
 
@@ -89,6 +84,17 @@ def test_mutual_tls_refuses_clients_without_a_certificate_of_the_client_ca(
         agent.stop()
 
 
+def run_python(script: str, address: str, env: dict[str, str]) -> Any:
+    return subprocess.run(
+        [sys.executable, "-c", script, address],
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
 def test_the_rpc_backend_takes_tls_and_token_from_the_environment(
     pki: certs.Pki, tmp_path: Path
 ) -> None:
@@ -117,24 +123,10 @@ def test_the_rpc_backend_takes_tls_and_token_from_the_environment(
         "VACCEL_RPC_TOKEN_FILE": str(token),
     }
     try:
-        run = subprocess.run(
-            [sys.executable, "-c", script, agent.address],
-            env=clean_env(env),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
+        run = run_python(script, agent.address, env)
         assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
         del env["VACCEL_RPC_TOKEN_FILE"]
-        run = subprocess.run(
-            [sys.executable, "-c", script, agent.address],
-            env=clean_env(env),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
+        run = run_python(script, agent.address, env)
         assert run.returncode != 0
         assert "missing or wrong token" in run.stderr and "VACCEL_RPC_TOKEN_FILE" in run.stderr
     finally:
