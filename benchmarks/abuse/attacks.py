@@ -285,24 +285,35 @@ def _h2(result: h2raw.H2Result) -> Outcome:
 def attack_3(ctx: Ctx) -> Outcome:
     return _h2(
         h2raw.attack_half_headers(
-            ctx.address("tcp"), ctx.hold, streams=64, max_streams=int(ctx.limits.max_streams)
+            ctx.address("tcp"),
+            ctx.hold,
+            streams=64,
+            max_streams=int(ctx.limits.max_streams),
+            attach=True,
         )
     )
 
 
 def attack_4(ctx: Ctx) -> Outcome:
+    """Half-sent bodies worth twice --max-inflight-bytes: as many attached connections as it
+    takes, each with --max-streams - 1 calls (one stream is its Attach) announcing a message
+    just under --max-message-size and sending all of it but 1 MiB (32 MiB at most)."""
     limit = int(ctx.limits.max_message_bytes)
-    announce = max(limit - 1024, 1 << 20)
+    announce = max(limit - 1024, 2 << 20)
     per_stream = min(32 * MiB, announce - MiB)
+    streams = max(int(ctx.limits.max_streams) - 1, 1)
+    target = 2 * int(ctx.limits.max_inflight_bytes)
+    connections = min(max(math.ceil(target / (streams * per_stream)), 1), 32)
     return _h2(
         h2raw.attack_half_bodies(
             ctx.address("tcp"),
             ctx.hold,
-            connections=4,
-            streams=16,
+            connections=connections,
+            streams=streams,
             announce=announce,
             per_stream=per_stream,
             budget_seconds=20.0 if ctx.quick else 40.0,
+            attach=True,
         )
     )
 
@@ -424,7 +435,7 @@ def attack_8(ctx: Ctx) -> Outcome:
         pb = client.pb
         sid = client.create_session()
         data = os.urandom(32) + bytes(size - 32)
-        up = client.put_blob(data)
+        up = client.put_blob(data, chunk=min(16 * MiB, limit // 2))
         if not up.ok:
             return Outcome(None, f"could not upload the 256 MiB blob: {up.brief()}")
         digest = hashlib.sha256(data).hexdigest()
@@ -1001,8 +1012,8 @@ class Spec:
 SPECS: tuple[Spec, ...] = (
     Spec("1", "blob dedup reads another client's file", attack_1, "unix", ("unix",)),
     Spec("2", "another client uses/releases the victim's session", attack_2, "unix", ("unix",)),
-    Spec("3", "64 half-sent request headers, one tcp connection", attack_3, "tcp", ("tcp",)),
-    Spec("4", "half-sent bodies, 64 streams x 32 MiB", attack_4, "tcp", ("tcp",)),
+    Spec("3", "64 half-sent request headers on one connection", attack_3, "tcp", ("tcp",)),
+    Spec("4", "half-sent bodies worth 2x --max-inflight-bytes", attack_4, "tcp", ("tcp",)),
     Spec("5", "1000 idle connections (preface only)", attack_5, "tcp", ("tcp", "unix")),
     Spec("6", "64 Attach streams on one connection", attack_6, "tcp", ("tcp",)),
     Spec("7", "tiny requests, huge replies", attack_7, "unix", ("unix",)),

