@@ -114,9 +114,7 @@ def _edge_ints(lo: int, hi: int) -> st.SearchStrategy[int]:
     edges = [v for v in (0, 1, 2, 3, 7, 64, 255, 4096, 65536, 1 << 31, (1 << 31) - 1,
                          1 << 32, (1 << 32) - 1, 1 << 40, 1 << 62, hi, lo, -1, -2)
              if lo <= v <= hi]  # fmt: skip
-    return st.one_of(
-        st.sampled_from(edges), st.integers(0, min(hi, 1 << 16)), st.integers(lo, hi)
-    )
+    return st.one_of(st.sampled_from(edges), st.integers(0, min(hi, 1 << 16)), st.integers(lo, hi))
 
 
 #: Set while the items of a repeated field are drawn: no value of megabytes there (300 items
@@ -241,9 +239,7 @@ def _is_repeated(f: FieldDescriptor) -> bool:
 
 
 def _real_oneofs(desc: Descriptor) -> list[Any]:
-    return [
-        o for o in desc.oneofs if not (len(o.fields) == 1 and o.name == "_" + o.fields[0].name)
-    ]
+    return [o for o in desc.oneofs if not (len(o.fields) == 1 and o.name == "_" + o.fields[0].name)]
 
 
 def _count(draw: Any) -> int:

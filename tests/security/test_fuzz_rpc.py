@@ -188,10 +188,12 @@ KNOWN_BUGS: list[KnownBug] = [
         "process AgentService.handle raises SyntaxError; over the wire the client gets "
         "INTERNAL 'Run: unexpected agent error' and the agent logs a traceback. Minimal: "
         "Run minmax on one's own session with data.dtype=','",
-        lambda d: d.message is not None
-        and any(
-            m.DESCRIPTOR.name == "Tensor" and _numpy_dtype_crashes(m.dtype)
-            for m in _submessages(d.message)
+        lambda d: (
+            d.message is not None
+            and any(
+                m.DESCRIPTOR.name == "Tensor" and _numpy_dtype_crashes(m.dtype)
+                for m in _submessages(d.message)
+            )
         ),
         _dtype_syntax_example,
     ),
@@ -200,10 +202,12 @@ KNOWN_BUGS: list[KnownBug] = [
         "agent/service.py _run: a Run whose 'op' field does not match its args case (or has "
         "no case) quotes the whole 'op' string in its INVALID_ARGUMENT error ({msg.op!r}, not "
         "clip()): a 4096-char op gives a 4160-char error, a 2 MiB op a 2 MiB error",
-        lambda d: d.method == "Run"
-        and d.message is not None
-        and len(repr(d.message.op)) > 1000  # quoted with repr(): escapes count
-        and d.message.op != d.message.WhichOneof("args"),
+        lambda d: (
+            d.method == "Run"
+            and d.message is not None
+            and len(repr(d.message.op)) > 1000  # quoted with repr(): escapes count
+            and d.message.op != d.message.WhichOneof("args")
+        ),
         _op_echo_example,
         fixed_in="1b704dc",
     ),
@@ -212,10 +216,12 @@ KNOWN_BUGS: list[KnownBug] = [
         "vaccel_plugins/rpc/codec.py Decoder.tensor: an unknown or non-numeric Tensor.dtype is "
         "quoted whole in the INVALID_ARGUMENT error ({msg.dtype!r}, not clip()): "
         "blas_sgemm with a.dtype of 4096 chars gives a 4140-char error",
-        lambda d: d.message is not None
-        and any(
-            m.DESCRIPTOR.name == "Tensor" and len(repr(m.dtype)) > 1000
-            for m in _submessages(d.message)
+        lambda d: (
+            d.message is not None
+            and any(
+                m.DESCRIPTOR.name == "Tensor" and len(repr(m.dtype)) > 1000
+                for m in _submessages(d.message)
+            )
         ),
         _dtype_echo_example,
         fixed_in="1b704dc",
@@ -224,13 +230,15 @@ KNOWN_BUGS: list[KnownBug] = [
         "tensor-name-echoed",
         "vaccel_plugins/rpc/codec.py Decoder.value (NAMED_TENSORS) and vaccel_core/validate.py: "
         "a named tensor's name is quoted whole in the label of any error about that tensor "
-        "(f\"{name}[{entry.name!r}]\", and the duplicate-name error): model_run on the "
+        '(f"{name}[{entry.name!r}]", and the duplicate-name error): model_run on the '
         "client's own MODEL resource with one input named by 4096 chars and dtype '' gives a "
         "4153-char INVALID_ARGUMENT",
-        lambda d: d.message is not None
-        and any(
-            m.DESCRIPTOR.name == "NamedTensor" and len(repr(m.name)) > 1000
-            for m in _submessages(d.message)
+        lambda d: (
+            d.message is not None
+            and any(
+                m.DESCRIPTOR.name == "NamedTensor" and len(repr(m.name)) > 1000
+                for m in _submessages(d.message)
+            )
         ),
         _tensor_name_echo_example,
         fixed_in="1b704dc",
