@@ -409,15 +409,42 @@ def attack_7(ctx: Ctx) -> Outcome:
         )
         side = math.isqrt(max(limit - 65536, 4) // 4)
         under = [_sgemm(pb, sid, side, side) for sid in sids]
-        step(
-            f"24 concurrent {side}x{side} sgemm (3 clients)",
-            lambda: _threads(
-                lambda i: clients[i % 3].call("Run", under[i % 3], pb.OpResponse, timeout=120),
-                24,
-                150,
-            ),
-            int(ctx.limits.max_inflight_bytes),
-        )
+        # A bystander (another client) keeps making a modest call (a 1 MiB reply) meanwhile.
+        bystander = AttachedClient(unix)
+        clients.append(bystander)
+        small = _sgemm(pb, bystander.create_session(), 512, 512)
+        stop = threading.Event()
+        seen: list[Reply] = []
+
+        def bystand() -> None:
+            while not stop.is_set() and len(seen) < 10_000:
+                seen.append(bystander.call("Run", small, pb.OpResponse, timeout=30))
+                if not seen[-1].ok:
+                    time.sleep(0.05)
+
+        watcher = threading.Thread(target=bystand, daemon=True)
+        watcher.start()
+        try:
+            step(
+                f"24 concurrent {side}x{side} sgemm (3 clients)",
+                lambda: _threads(
+                    lambda i: clients[i % 3].call("Run", under[i % 3], pb.OpResponse, timeout=120),
+                    24,
+                    150,
+                ),
+                int(ctx.limits.max_inflight_bytes),
+            )
+        finally:
+            stop.set()
+            watcher.join(35)
+        lost = getattr(bystander.channel, "lost", None)
+        text = f"a bystander's 1 MiB sgemm meanwhile: {_tally(seen)}"
+        if _first_error(seen):
+            text += f" [{_first_error(seen)}]"
+        if lost:
+            text += "; its connection is then LOST (its sessions gone)"
+            over = True
+        parts.append(text)
         return Outcome(over, "; ".join(parts))
     finally:
         for c in clients:
