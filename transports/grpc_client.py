@@ -40,6 +40,11 @@ def channel_credentials(options: TransportOptions) -> grpc.ChannelCredentials | 
     )
 
 
+#: How long a failed call waits to learn whether the whole connection went (its Attach
+#: stream ends at the same moment) or only the call was refused.
+ATTACH_GRACE = 0.25
+
+
 class GrpcChannel(Channel):
     """A connection to the agent: one gRPC channel, one Attach stream, one capability."""
 
@@ -47,6 +52,7 @@ class GrpcChannel(Channel):
         self.address = address
         self._limit = message_limit(options)
         self._lost: str | None = None
+        self._attach_gone = threading.Event()
         self._closed = False
         self._calls: dict[str, Any] = {}
         channel_args = common_options(options)
@@ -117,6 +123,7 @@ class GrpcChannel(Channel):
         return event
 
     def _attach_ended(self, call: Any) -> None:
+        self._attach_gone.set()
         if self._closed:
             return
         try:
@@ -167,9 +174,16 @@ class GrpcChannel(Channel):
                     break
                 return CallError(detail.status, detail.message, code=detail.code)
         if code == grpc.StatusCode.UNAVAILABLE:
-            self._lost = self._lost or f"UNAVAILABLE: {details}"
+            # One call refused (an HTTP/2 REFUSED_STREAM, say) while the Attach stream lives
+            # is not a lost connection: the sessions are still there.
+            if method == "Attach" or self._attach_gone.wait(ATTACH_GRACE):
+                self._lost = self._lost or f"UNAVAILABLE: {details}"
+                return RemoteError(
+                    f"{method}: the vAccel agent at {self.address} is unreachable: {details}"
+                )
             return RemoteError(
-                f"{method}: the vAccel agent at {self.address} is unreachable: {details}"
+                f"{method}: the vAccel agent at {self.address} refused the call ({details}); "
+                f"the connection and its sessions are intact: try again"
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return RemoteError(

@@ -152,3 +152,40 @@ def test_bad_addresses_are_clear(tmp_path: Path) -> None:
         UnixTransport().connect(
             Address.parse(f"unix://{tmp_path / 'none.sock'}"), TransportOptions(connect_timeout=0.5)
         )
+
+
+class _Refused(Exception):
+    """What gRPC raises for a call the server refused (RST_STREAM REFUSED_STREAM)."""
+
+    def code(self) -> object:
+        import grpc
+
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "Stream refused by server"
+
+    def trailing_metadata(self) -> tuple:
+        return ()
+
+
+def test_a_refused_call_is_not_a_lost_connection(tmp_path: Path) -> None:
+    """Under load the agent's gRPC core may refuse one stream; the client must not take that
+    for the agent going away (which drops every session of the client)."""
+    handler = EchoHandler()
+    listener = UnixTransport().listen(
+        Address.parse(f"unix://{tmp_path / 's'}"), handler, TransportOptions()
+    )
+    try:
+        channel = UnixTransport().connect(Address.parse(listener.address), TransportOptions())
+        error = channel._error("Run", _Refused(), 5)  # type: ignore[attr-defined]
+        assert isinstance(error, RemoteError) and "refused the call" in error.message
+        assert channel.lost is None  # type: ignore[attr-defined]
+        assert channel.call("Echo", Message(b"still"), 5).payload == b"still"
+        listener.stop(1)
+        wait_until(lambda: channel.lost is not None, 5, "the agent going away is noticed")
+        error = channel._error("Run", _Refused(), 5)  # type: ignore[attr-defined]
+        assert "is unreachable" in error.message
+        channel.close()
+    finally:
+        listener.stop(1)

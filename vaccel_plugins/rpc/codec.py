@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -122,6 +123,25 @@ class Encoder:
             raise AssertionError(f"unhandled kind {kind}")
 
 
+#: A dtype name is a plain word (numpy would parse "f4,i4" and worse as structured types,
+#: through ast.literal_eval).
+_DTYPE_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+_DTYPES: dict[str, np.dtype] = {}
+
+
+def _dtype(name: str) -> np.dtype | None:
+    """The numpy dtype a plain dtype name (``float32``, ``int64``, ``bool``) stands for."""
+    if not isinstance(name, str) or not _DTYPE_NAME.match(name):
+        return None
+    try:
+        dtype = np.dtype(name)
+    except Exception:  # numpy raises several kinds for names it does not know
+        return None
+    if len(_DTYPES) < 64:
+        _DTYPES[name] = dtype
+    return dtype
+
+
 class Decoder:
     """Reads messages filled by an :class:`Encoder`, resolving buffer indexes."""
 
@@ -150,10 +170,11 @@ class Decoder:
         return self._bytes(msg, name, msg.WhichOneof("where"))
 
     def tensor(self, msg: Any, name: str) -> np.ndarray:
-        try:
-            dtype = np.dtype(msg.dtype)
-        except (TypeError, ValueError):
-            raise self._fail(name, f"unknown tensor dtype {clip(msg.dtype)}") from None
+        dtype = _DTYPES.get(msg.dtype)
+        if dtype is None:
+            dtype = _dtype(msg.dtype)
+        if dtype is None:
+            raise self._fail(name, f"unknown tensor dtype {clip(msg.dtype)}")
         if dtype.kind not in _NUMERIC_KINDS and dtype.kind != "b":
             raise self._fail(name, f"expected a numeric tensor dtype, got {clip(msg.dtype)}")
         shape = tuple(int(d) for d in msg.shape)
