@@ -196,6 +196,7 @@ KNOWN_BUGS: list[KnownBug] = [
             )
         ),
         _dtype_syntax_example,
+        fixed_in="15bfc5c",
     ),
     KnownBug(
         "run-op-name-echoed",
