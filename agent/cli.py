@@ -169,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config)
     from .allocator import tune_allocator
     from .fdlimit import ensure_fd_room
+    from .server import limits_from_config
     from .server import Agent
 
     tune_allocator()
@@ -197,8 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
     try:
+        wanted = limits_from_config(config).max_connections
+        fits = ensure_fd_room(len(addresses), wanted)
+        if fits < wanted:  # never run out of file descriptors: serve fewer connections
+            config.extra["max_connections"] = str(fits)
         agent = Agent(addresses, config=config, options=options, session_ttl=args.session_ttl)
-        ensure_fd_room(len(addresses), agent.limits.max_connections)
         agent.start()
     except VaccelError as exc:
         print(f"vaccel-agent: error: {exc}", file=sys.stderr)

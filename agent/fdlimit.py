@@ -18,11 +18,13 @@ logger = logging.getLogger("vaccel.agent")
 
 def ensure_fd_room(listeners: int, max_connections: int) -> int:
     """Raise the soft RLIMIT_NOFILE to fit ``listeners`` x ``max_connections`` relayed
-    connections plus :data:`RESERVED`; returns the soft limit now in force."""
+    connections plus :data:`RESERVED`; returns how many connections per listener fit now
+    (``max_connections``, or fewer when even the hard limit is too low)."""
     try:
         import resource
     except ImportError:  # pragma: no cover - not POSIX
-        return -1
+        return max_connections
+    listeners = max(1, listeners)
     needed = listeners * max_connections * 2 + RESERVED
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     unlimited = hard == resource.RLIM_INFINITY
@@ -33,13 +35,17 @@ def ensure_fd_room(listeners: int, max_connections: int) -> int:
             soft = target
         except (ValueError, OSError) as exc:
             logger.warning("cannot raise the open-files limit to %d: %s", target, exc)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        logger.warning(
-            "the open-files limit (%d) is below what %d listener(s) x --max-connections %d "
-            "need (%d): lower --max-connections or raise the hard limit (LimitNOFILE=)",
-            soft,
-            listeners,
-            max_connections,
-            needed,
-        )
-    return int(soft)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return max_connections
+    fits = max(1, (soft - RESERVED) // (2 * listeners))
+    logger.warning(
+        "the open-files limit (%d) is below what %d listener(s) x --max-connections %d need "
+        "(%d): serving at most %d connections per listener (raise the hard limit, e.g. "
+        "LimitNOFILE=, or lower --max-connections)",
+        soft,
+        listeners,
+        max_connections,
+        needed,
+        fits,
+    )
+    return fits

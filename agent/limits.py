@@ -69,7 +69,7 @@ GiB = 1 << 30
 #: Every limit, in the order of the documentation.
 LIMITS: tuple[LimitSpec, ...] = (
     # Connections (per listener) ---------------------------------------------------------------
-    LimitSpec("max_connections", "--max-connections", "count", 128,
+    LimitSpec("max_connections", "--max-connections", "count", 1024,
               "open connections per listener; more are closed at once", transport=True),
     LimitSpec("max_streams", "--max-streams", "count", 16,
               "concurrent streams (calls, Attach included) per connection", transport=True),
@@ -127,7 +127,7 @@ class Limits:
     """The values in force. 0 turns off the blob limits (:data:`UNLIMITED_WHEN_ZERO`); every
     other limit must be positive."""
 
-    max_connections: int = 128
+    max_connections: int = 1024
     max_streams: int = 16
     max_clients: int = 64
     handshake_timeout: float = 5.0

@@ -78,6 +78,9 @@ def server_options(options: TransportOptions) -> list[tuple[str, Any]]:
         # until its request is read: a call refused or not yet admitted buffers no more than
         # that (with probing, gRPC granted unread streams about 12 MiB each).
         ("grpc.http2.bdp_probe", 0),
+        # ... and that initial window is 16 KiB (measured: an unread stream then holds 8 KiB
+        # per 8 KiB of lookahead); a request being read gets a window as large as itself.
+        ("grpc.http2.lookahead_bytes", 16 << 10),
     ]
 
 

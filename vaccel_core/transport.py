@@ -177,7 +177,7 @@ class TransportOptions:
     unix_socket_mode: int = 0o600
     connect_timeout: float = 5.0
     #: Open connections per listener; more are closed at once.
-    max_connections: int = 128
+    max_connections: int = 1024
     #: Concurrent streams (calls, the Attach stream included) per connection.
     max_streams: int = 16
     #: Attached clients per listener.

@@ -740,6 +740,24 @@ def test_max_connections_refuses_more_at_once(serve: Any) -> None:
             sock.close()
 
 
+def test_a_new_guest_replaces_a_connection_stalled_in_set_up(serve: Any) -> None:
+    """Connections that never set up fill --max-connections: a new guest then takes the place
+    of the one that has been setting up the longest (after a second), instead of being kept
+    out until --handshake-timeout frees a place."""
+    served = serve(max_connections=4, handshake_timeout=30)
+    held = [silent(served.path) for _ in range(4)]
+    try:
+        assert wait_until(lambda: served.listener.open_connections == 4)
+        time.sleep(1.2)
+        with served.connect() as ch:
+            assert bytes(ch.call("echo", Message(b"in"), 5).payload) == b"in"
+        assert held[0].recv(100) == b"", "the oldest stalled connection was closed for it"
+        assert served.listener.open_connections <= 4
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_max_clients_counts_devices_that_finished_set_up(serve: Any) -> None:
     served = serve(max_clients=2)
     first, second = served.connect(), served.connect()

@@ -91,6 +91,10 @@ from .protocol import (
     unpack_request_header,
 )
 
+#: Connections accepted over --max-connections at once, waiting to replace a stalled set-up.
+OVERFLOW_CONNECTIONS = 16
+#: A connection setting up for longer than this (seconds) may be closed for a new one.
+EVICTION_GRACE = 1.0
 #: Largest guest memory a device maps (``virtio_mock_max_memory_bytes``): the driver's default.
 DEFAULT_MAX_MEMORY_BYTES = 1 << 30
 #: Replies one guest may leave parked for FETCH (``virtio_mock_max_parked_replies``).
@@ -945,6 +949,8 @@ class VirtioMockListener(Listener):
         self._lock = threading.Lock()
         self._devices: set[Device] = set()  # serving
         self._incoming: list[socket.socket] = []  # accepted, not yet with the set-up thread
+        #: Accepted over --max-connections: each takes the place of a stalled set-up, or goes.
+        self._overflow: list[socket.socket] = []
         self._open = 0  # control connections accepted and not yet closed
         self._refusing = False
         self._stopped = False
@@ -1004,11 +1010,15 @@ class VirtioMockListener(Listener):
         limit = self.limits.max_connections
         with self._lock:
             full = self._open >= limit
-            if not full:
+            # At the limit, a new connection may still take the place of one that has been
+            # setting up for too long (the set-up thread decides): connections that never set
+            # up must not keep every new guest out.
+            overflow = full and len(self._overflow) < OVERFLOW_CONNECTIONS
+            if not full or overflow:
                 self._open += 1
-                self._incoming.append(conn)
+                (self._overflow if full else self._incoming).append(conn)
                 refusing, self._refusing = self._refusing, False
-        if full:
+        if full and not overflow:
             self._refuse_connection(conn, limit)
             return
         if refusing:
@@ -1080,6 +1090,13 @@ class VirtioMockListener(Listener):
             os.eventfd_read(self._wake)
         with self._lock:
             conns, self._incoming = self._incoming, []
+            overflow, self._overflow = self._overflow, []
+        for conn in overflow:
+            if self._evict_slowest_setup(poller, pending):
+                conns.append(conn)
+            else:
+                self._closed_one()
+                self._refuse_connection(conn, self.limits.max_connections)
         for conn in conns:
             device = Device(
                 conn, self.handler, self.limits, self._stop_fd, self.address, self._device_exited
@@ -1179,6 +1196,25 @@ class VirtioMockListener(Listener):
                 errno.ENOMEM,
             ).reply()
         return None
+
+    def _evict_slowest_setup(self, poller: select.poll, pending: dict[int, Device]) -> bool:
+        """Close the connection that has been setting up the longest, if for more than
+        :data:`EVICTION_GRACE` seconds (a guest sets up in milliseconds); whether one was."""
+        if not pending:
+            return False
+        oldest = min(pending.values(), key=lambda d: d.deadline)
+        started = oldest.deadline - self.limits.handshake_timeout
+        if time.monotonic() - started < EVICTION_GRACE:
+            return False
+        logger.info(
+            "virtio-mock %s: %s was still setting up after %.1f s: closed to make room "
+            "(--max-connections)",
+            self.address,
+            oldest.peer.id,
+            time.monotonic() - started,
+        )
+        self._drop(oldest, poller, pending)
+        return True
 
     def _drop(self, device: Device, poller: select.poll, pending: dict[int, Device]) -> None:
         """Close a connection still in set-up."""
