@@ -169,8 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config)
     from .allocator import tune_allocator
     from .fdlimit import ensure_fd_room
-    from .server import limits_from_config
-    from .server import Agent
+    from .server import Agent, limits_from_config
 
     tune_allocator()
 
