@@ -24,7 +24,7 @@ from vaccel_core.log import ensure_logging
 from vaccel_core.plugins import get_registry
 from vaccel_core.transport import Address, Listener, TransportOptions
 
-from .limits import Limits, parse_size
+from .limits import LIMITS, Limits, parse_size
 from .service import AgentService, logger
 
 #: ``--vaccel-config`` keys of earlier releases, by the limit they set.
@@ -60,6 +60,18 @@ def _transport_value(key: str, value: Any) -> Any:
         except ValueError:
             pass
     return value
+
+
+def _explicit_limits(options: TransportOptions) -> dict[str, Any]:
+    """The limits ``options`` sets to something other than TransportOptions' defaults."""
+    defaults = TransportOptions()
+    return {
+        spec.name: getattr(options, spec.name)
+        for spec in LIMITS
+        if spec.transport
+        and hasattr(options, spec.name)
+        and getattr(options, spec.name) != getattr(defaults, spec.name)
+    }
 
 
 def transport_options(
@@ -106,7 +118,11 @@ class Agent:
             raise InvalidArgumentError("Agent: expected at least one address to listen on")
         self.addresses = [Address.parse(a) for a in addresses]
         self.config = config or get_config()
-        self.limits = limits or limits_from_config(self.config)
+        if limits is None:
+            limits = limits_from_config(self.config)
+            if options is not None:  # an embedder's explicit transport settings win
+                limits = limits.with_values(_explicit_limits(options))
+        self.limits = limits
         self.options = transport_options(self.limits, options, self.config)
         self.session_ttl = session_ttl
         self.service: AgentService | None = None

@@ -60,3 +60,16 @@ def test_a_bad_limit_in_vaccel_config_stops_the_agent(tmp_path: Path) -> None:
 def test_zero_turns_off_the_blob_limits_only() -> None:
     agent = agent_for(["--blob-quota", "0", "--max-blob-size", "0"])
     assert agent.limits.blob_quota_bytes == 0 and agent.limits.max_blob_bytes == 0
+
+
+def test_an_embedders_transport_options_win_over_the_default_limits() -> None:
+    from vaccel_core import Config
+    from vaccel_core.transport import TransportOptions
+
+    agent = Agent(
+        ["unix:///nonexistent/a.sock"],
+        config=Config(plugins=["noop"]),
+        options=TransportOptions(max_message_bytes=1 << 20, max_clients=3),
+    )
+    assert agent.limits.max_message_bytes == 1 << 20 and agent.options.max_message_bytes == 1 << 20
+    assert agent.options.max_clients == 3 and agent.limits.max_sessions == 64
