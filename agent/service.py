@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,12 +51,18 @@ from .limits import Limits, limit_error
 logger = _vaccel_logger.getChild("agent")
 
 
-def _os_error(what: str, exc: OSError) -> VaccelError:
-    """``what`` with the reason of ``exc`` but none of its paths (those are the agent's)."""
-    reason = exc.strerror or type(exc).__name__
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OutOfMemoryError(f"{what} ({reason})")
-    return VaccelError(f"{what} ({reason})", code=errno.EIO)
+@contextlib.contextmanager
+def _host_io(what: str) -> Iterator[None]:
+    """Host file work for a client: an OSError becomes ``what`` with its reason but none of
+    its paths (those are the agent's, and go to its debug log only)."""
+    try:
+        yield
+    except OSError as exc:
+        logger.debug("%s: %s", what, exc)
+        reason = exc.strerror or type(exc).__name__
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutOfMemoryError(f"{what} ({reason})") from None
+        raise VaccelError(f"{what} ({reason})", code=errno.EIO) from None
 
 
 #: Longest error message a client gets (a backstop: messages quote client input clipped).
@@ -247,7 +253,7 @@ class AgentService:
     def peer_disconnected(self, peer: Peer) -> None:
         with self._lock:
             self._peers.discard(peer.id)
-            gone = [s for s in self._sessions.values() if s.owner == peer.id]
+            gone = self._sessions_of(peer.id)
         for record in gone:
             self._release(record, "its client disconnected")
         self.blobs.drop_owner(peer.id)  # its uploads, reservations and blobs
@@ -284,6 +290,11 @@ class AgentService:
                 c["blob_bytes"],
                 c["peers"],
             )
+
+    def _sessions_of(self, owner: str) -> list[_AgentSession]:
+        """The sessions ``owner`` holds."""
+        with self._lock:
+            return [r for r in self._sessions.values() if r.owner == owner]
 
     def _session(self, session_id: int, peer: Peer, what: str) -> _AgentSession:
         with self._lock:
@@ -350,7 +361,7 @@ class AgentService:
             return self._agent_status(), ()
         # A client sees its own sessions and resources only: what others hold is theirs.
         with self._lock:
-            mine = [r for r in self._sessions.values() if r.owner == peer.id]
+            mine = self._sessions_of(peer.id)
             attached = peer.id in self._peers
         reply = self.pb.StatusResponse(
             version=__version__,
@@ -417,9 +428,7 @@ class AgentService:
         return reply, ()
 
     def _check_session_count(self, peer: Peer) -> None:
-        limit = self.limits.max_sessions
-        with self._lock:
-            held = sum(1 for r in self._sessions.values() if r.owner == peer.id)
+        held, limit = len(self._sessions_of(peer.id)), self.limits.max_sessions
         if held >= limit:
             raise limit_error(
                 "CreateSession",
@@ -463,8 +472,7 @@ class AgentService:
 
     def _client_resources(self, owner: str) -> int:
         """Resources ``owner`` holds, all its sessions together."""
-        with self._lock:
-            return sum(len(r.resources) for r in self._sessions.values() if r.owner == owner)
+        return sum(len(r.resources) for r in self._sessions_of(owner))
 
     def _check_resource_count(self, owner: str) -> None:
         held, limit = self._client_resources(owner), self.limits.max_resources
@@ -559,26 +567,19 @@ class AgentService:
         """A new folder of the store with each blob under its file name (hard links, else
         copies). An OSError reaches the client described without the agent's paths (which go
         to the agent's debug log)."""
-        try:
+        with _host_io("RegisterResource: the agent cannot make the resource's folder"):
             folder = Path(tempfile.mkdtemp(prefix="resource-", dir=self.blobs.root))
-        except OSError as exc:
-            logger.debug("RegisterResource: cannot make a folder in %s: %s", self.blobs.root, exc)
-            raise _os_error(
-                "RegisterResource: the agent cannot make the resource's folder", exc
-            ) from None
-        for name, digest, _ in files:
-            source, target = self.blobs.path(digest), folder / name
-            try:
-                try:
-                    os.link(source, target)
-                except OSError:
-                    shutil.copyfile(source, target)
-            except OSError as exc:
-                shutil.rmtree(folder, ignore_errors=True)
-                logger.debug("RegisterResource: cannot place %s at %s: %s", source, target, exc)
-                raise _os_error(
-                    f"RegisterResource: file {clip(name)}: the agent cannot place it", exc
-                ) from None
+        try:
+            for name, digest, _ in files:
+                source, target = self.blobs.path(digest), folder / name
+                with _host_io(f"RegisterResource: file {clip(name)}: the agent cannot place it"):
+                    try:
+                        os.link(source, target)
+                    except OSError:
+                        shutil.copyfile(source, target)
+        except VaccelError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return folder
 
     def _resource(self, record: _AgentSession, resource_id: int, what: str) -> _AgentResource:
@@ -659,26 +660,18 @@ class AgentService:
 
     @staticmethod
     def _file_size(path: Path, name: str) -> int:
-        try:
+        with _host_io(f"SyncResource: file {clip(name)}: the agent cannot read it"):
             return path.stat().st_size
-        except OSError as exc:
-            logger.debug("SyncResource: cannot stat %s: %s", path, exc)
-            raise _os_error(
-                f"SyncResource: file {clip(name)}: the agent cannot read it", exc
-            ) from None
 
     @staticmethod
     def _read(path: Path, name: str, offset: int, size: int) -> bytes:
         """At most ``size`` bytes of a resource file from ``offset``."""
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                return fh.read(size)
-        except OSError as exc:
-            logger.debug("SyncResource: cannot read %s: %s", path, exc)
-            raise _os_error(
-                f"SyncResource: file {clip(name)}: the agent cannot read it", exc
-            ) from None
+        with (
+            _host_io(f"SyncResource: file {clip(name)}: the agent cannot read it"),
+            open(path, "rb") as fh,
+        ):
+            fh.seek(offset)
+            return fh.read(size)
 
     def _run(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
         case = msg.WhichOneof("args")
@@ -689,8 +682,7 @@ class AgentService:
             )
         if msg.op and msg.op != case:
             raise InvalidArgumentError(
-                f"Run: operation name {clip(msg.op)} does not match the arguments given "
-                f"({case})"
+                f"Run: operation name {clip(msg.op)} does not match the arguments given ({case})"
             )
         op = codec.op_by_name(case)
         spec = CATALOG[op]

@@ -116,12 +116,6 @@ class _Client:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class _Abort(Exception):
-    def __init__(self, status: str, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
 class AgentServicer(grpc.GenericRpcHandler):
     """Routes ``/vaccel.agent.v1.Agent/<Method>`` to ``handler.handle(method, ...)``."""
 
@@ -145,7 +139,6 @@ class AgentServicer(grpc.GenericRpcHandler):
         self._inflight = 0
         self._idle = threading.Condition(self._lock)
         self._stopping = False
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # Routing -------------------------------------------------------------------------------
     def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
@@ -172,19 +165,19 @@ class AgentServicer(grpc.GenericRpcHandler):
         try:
             slot = self.receiving.enter(key, name)
         except Refused as exc:
-            raise _Abort("RESOURCE_EXHAUSTED", errno.ENOMEM, str(exc)) from None
+            raise CallError("RESOURCE_EXHAUSTED", str(exc), code=errno.ENOMEM) from None
         try:
             message = await asyncio.wait_for(context.read(), self._receive_timeout)
         except asyncio.CancelledError:
             if slot.evicted is None:
                 raise
-            raise _Abort("RESOURCE_EXHAUSTED", errno.ENOMEM, slot.evicted) from None
+            raise CallError("RESOURCE_EXHAUSTED", slot.evicted, code=errno.ENOMEM) from None
         except asyncio.TimeoutError:
-            raise _Abort(
+            raise CallError(
                 "DEADLINE_EXCEEDED",
-                errno.ETIMEDOUT,
                 f"{name}: the request did not arrive within {self._receive_timeout:g} s of "
                 f"its headers (--receive-timeout)",
+                code=errno.ETIMEDOUT,
             ) from None
         finally:
             self.receiving.leave(slot)
@@ -192,39 +185,40 @@ class AgentServicer(grpc.GenericRpcHandler):
 
     # Who is calling ------------------------------------------------------------------------
     def _check_token(self, name: str, metadata: dict[str, Any]) -> bool:
-        """Whether the caller is the operator; _Abort when a token is required and missing."""
+        """Whether the caller is the operator; CallError (UNAUTHENTICATED) when a token is
+        required and missing."""
         presented = metadata.get(TOKEN_METADATA)
         admin = self._admin_token is not None and token_matches(self._admin_token, presented)
         if self._token is not None and not admin and not token_matches(self._token, presented):
-            raise _Abort(
+            raise CallError(
                 "UNAUTHENTICATED",
-                errno.EACCES,
                 f"{name}: missing or wrong token (send 'authorization: Bearer <token>'; "
                 f"clients: VACCEL_RPC_TOKEN_FILE)",
+                code=errno.EACCES,
             )
         return admin
 
     def _caller(self, name: str, context: Any) -> tuple[Peer, str]:
-        """The calling client's peer and scheduling key, or _Abort."""
+        """The calling client's peer and scheduling key, or CallError."""
         metadata = dict(context.invocation_metadata() or ())
         admin = self._check_token(name, metadata)
         capability = metadata.get(CAPABILITY_METADATA)
         if capability:
             client = self._clients.get(capability) if isinstance(capability, str) else None
             if client is None:
-                raise _Abort(
+                raise CallError(
                     "UNAUTHENTICATED",
-                    errno.EACCES,
                     f"{name}: unknown capability (its Attach stream has ended, or it was "
                     f"never issued by this agent); attach again",
+                    code=errno.EACCES,
                 )
             return client.peer, client.peer.id
         if name not in OPEN_METHODS:
-            raise _Abort(
+            raise CallError(
                 "UNAUTHENTICATED",
-                errno.EACCES,
                 f"{name}: no client capability: open an Attach stream first and send the "
                 f"capability it returns in metadata '{CAPABILITY_METADATA}'",
+                code=errno.EACCES,
             )
         anonymous = Peer(f"anonymous-{next(self._anonymous)}", context.peer(), admin=admin)
         return anonymous, "anonymous"
@@ -253,12 +247,12 @@ class AgentServicer(grpc.GenericRpcHandler):
             peer, key = self._caller(name, context)
             request = await self.receive(key, name, context)
             if request is None:
-                raise _Abort(
-                    "INVALID_ARGUMENT", errno.EINVAL, f"{name}: the call carried no request"
+                raise CallError(
+                    "INVALID_ARGUMENT",
+                    f"{name}: the call carried no request",
+                    code=errno.EINVAL,
                 )
             return await self._executor.run(key, self._serve, name, request, peer)
-        except _Abort as exc:
-            failure = (exc.status, exc.code, exc.message)
         except QueueFull as exc:
             failure = (
                 "RESOURCE_EXHAUSTED",
@@ -301,19 +295,21 @@ class AgentServicer(grpc.GenericRpcHandler):
             admin = self._check_token("Attach", dict(context.invocation_metadata() or ()))
             with self._lock:
                 if self._stopping:
-                    raise _Abort("UNAVAILABLE", errno.EREMOTEIO, "Attach: the agent is stopping")
+                    raise CallError(
+                        "UNAVAILABLE", "Attach: the agent is stopping", code=errno.EREMOTEIO
+                    )
                 if len(self._clients) >= self._max_clients:
-                    raise _Abort(
+                    raise CallError(
                         "RESOURCE_EXHAUSTED",
-                        errno.ENOMEM,
                         f"Attach: this listener already serves {len(self._clients)} clients "
                         f"(limit {self._max_clients}, --max-clients)",
+                        code=errno.ENOMEM,
                     )
                 capability = secrets.token_urlsafe(32)
                 peer = Peer(f"client-{secrets.token_hex(6)}", context.peer(), admin=admin)
                 client = _Client(peer)
                 self._clients[capability] = client
-        except _Abort as exc:
+        except CallError as exc:
             await _abort(context, exc.status, exc.code, exc.message)
             return
         peer = client.peer
@@ -389,7 +385,7 @@ class OtherServicesGuard(grpc.aio.ServerInterceptor):
         async def first(context: Any) -> Any:
             try:
                 request = await servicer.receive("anonymous", name, context)
-            except _Abort as exc:
+            except CallError as exc:
                 await _abort(context, exc.status, exc.code, exc.message)
             if request is None:
                 await _abort(context, "INVALID_ARGUMENT", errno.EINVAL, f"{name}: no request")
@@ -406,7 +402,7 @@ class OtherServicesGuard(grpc.aio.ServerInterceptor):
                     while True:
                         try:
                             request = await servicer.receive("anonymous", name, context)
-                        except _Abort as exc:
+                        except CallError as exc:
                             await _abort(context, exc.status, exc.code, exc.message)
                         if request is None:
                             return
@@ -544,9 +540,7 @@ async def _start(
         port = 0
     if port == 0:
         servicer.shutdown()
-        raise RemoteError(
-            f"cannot listen on {requested}: the address is in use or cannot be bound"
-        )
+        raise RemoteError(f"cannot listen on {requested}: the address is in use or cannot be bound")
     await server.start()
     address = public_address(port)
     servicer.address = address
