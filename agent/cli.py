@@ -15,9 +15,8 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
-from vaccel_core.auth import read_token
+from vaccel_core.auth import read_credential, read_token
 from vaccel_core.config import DEFAULT_RPC_ADDRESS, Config, parse_plugin_list, parse_vaccel_config
 from vaccel_core.errors import InvalidArgumentError, VaccelError
 from vaccel_core.log import configure_logging
@@ -137,13 +136,6 @@ def make_config(args: argparse.Namespace) -> Config:
     return config
 
 
-def _read(path: str, flag: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise InvalidArgumentError(f"{flag}: cannot read {path!r}: {exc.strerror}") from None
-
-
 def tls_options(args: argparse.Namespace) -> TlsOptions | None:
     """The listener TLS settings from --tls-cert/--tls-key/--tls-client-ca, or None."""
     if not (args.tls_cert or args.tls_key or args.tls_client_ca):
@@ -153,9 +145,9 @@ def tls_options(args: argparse.Namespace) -> TlsOptions | None:
             "--tls-cert and --tls-key: expected both (the agent's certificate and its key)"
         )
     return TlsOptions(
-        cert=_read(args.tls_cert, "--tls-cert"),
-        key=_read(args.tls_key, "--tls-key"),
-        ca=_read(args.tls_client_ca, "--tls-client-ca") if args.tls_client_ca else None,
+        cert=read_credential(args.tls_cert, "--tls-cert"),
+        key=read_credential(args.tls_key, "--tls-key"),
+        ca=read_credential(args.tls_client_ca, "--tls-client-ca") if args.tls_client_ca else None,
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,11 @@ from vaccel_core.log import ensure_logging
 from vaccel_core.plugins import get_registry
 from vaccel_core.transport import Address, Listener, TransportOptions
 
-from .limits import LIMITS, Limits, parse_size
+from .limits import BY_NAME, LIMITS, Limits, parse_size
 from .service import AgentService, logger
+
+#: The limits transports enforce, each a TransportOptions field of the same name.
+TRANSPORT_LIMITS = tuple(spec for spec in LIMITS if spec.transport)
 
 #: ``--vaccel-config`` keys of earlier releases, by the limit they set.
 _CONFIG_ALIASES = {"max_blob_size": "max_blob_bytes", "blob_quota": "blob_quota_bytes"}
@@ -37,7 +40,7 @@ def limits_from_config(config: Config, base: Limits | None = None) -> Limits:
     values = {}
     for key, value in config.extra.items():
         name = _CONFIG_ALIASES.get(key, key)
-        if name in {f.name for f in fields(Limits)}:
+        if name in BY_NAME:
             values[name] = value
     return (base or Limits()).with_values(values)
 
@@ -67,10 +70,8 @@ def _explicit_limits(options: TransportOptions) -> dict[str, Any]:
     defaults = TransportOptions()
     return {
         spec.name: getattr(options, spec.name)
-        for spec in LIMITS
-        if spec.transport
-        and hasattr(options, spec.name)
-        and getattr(options, spec.name) != getattr(defaults, spec.name)
+        for spec in TRANSPORT_LIMITS
+        if getattr(options, spec.name) != getattr(defaults, spec.name)
     }
 
 
@@ -85,19 +86,8 @@ def transport_options(
         for key, value in config.extra.items():
             if key.startswith(TRANSPORT_CONFIG_PREFIXES) and key not in extra:
                 extra[key] = _transport_value(key, value)
-    return replace(
-        options,
-        extra=extra,
-        max_connections=limits.max_connections,
-        max_streams=limits.max_streams,
-        max_clients=limits.max_clients,
-        handshake_timeout=limits.handshake_timeout,
-        idle_timeout=limits.idle_timeout,
-        max_message_bytes=limits.max_message_bytes,
-        receive_timeout=limits.receive_timeout,
-        max_calls=limits.max_calls,
-        max_client_calls=limits.max_client_calls,
-    )
+    connection_limits = {spec.name: getattr(limits, spec.name) for spec in TRANSPORT_LIMITS}
+    return replace(options, extra=extra, **connection_limits)
 
 
 class Agent:

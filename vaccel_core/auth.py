@@ -1,5 +1,6 @@
-"""Bearer tokens shared by the agent (``--token-file``) and its clients
-(``VACCEL_RPC_TOKEN_FILE``): read from a file, compared in constant time."""
+"""Credentials shared by the agent and its clients: bearer tokens (``--token-file``,
+``VACCEL_RPC_TOKEN_FILE``), read from a file and compared in constant time, and the files of
+TLS certificates and keys."""
 
 from __future__ import annotations
 
@@ -15,13 +16,19 @@ MIN_TOKEN_BYTES = 16
 MAX_TOKEN_BYTES = 4096
 
 
+def read_credential(path: str | Path, what: str) -> bytes:
+    """The bytes of a credential file (a token, a PEM certificate or key); ``what`` names the
+    setting in errors (``--tls-cert``, ``VACCEL_RPC_TLS_KEY``, ...)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidArgumentError(f"{what}: cannot read {str(path)!r}: {exc.strerror}") from None
+
+
 def read_token(path: str | Path, what: str) -> bytes:
     """The token in the first line of ``path`` (surrounding blanks removed). ``what`` names
     the setting in errors (``--token-file``, ``VACCEL_RPC_TOKEN_FILE``)."""
-    try:
-        raw = Path(path).read_bytes()[: MAX_TOKEN_BYTES + 1024]
-    except OSError as exc:
-        raise InvalidArgumentError(f"{what}: cannot read {str(path)!r}: {exc.strerror}") from None
+    raw = read_credential(path, what)[: MAX_TOKEN_BYTES + 1024]
     lines = raw.splitlines()
     token = lines[0].strip() if lines else b""
     if not MIN_TOKEN_BYTES <= len(token) <= MAX_TOKEN_BYTES:

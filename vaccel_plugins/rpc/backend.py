@@ -78,14 +78,11 @@ def _env_float(name: str, default: float) -> float:
 
 
 def _env_file(name: str) -> bytes | None:
+    """The credential file the environment variable ``name`` names, or None when unset."""
+    from vaccel_core.auth import read_credential
+
     path = os.environ.get(name)
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise InvalidArgumentError(f"{name}: cannot read {path!r}: {exc.strerror}") from None
+    return read_credential(path, name) if path else None
 
 
 def client_options(**kwargs: Any) -> TransportOptions:
