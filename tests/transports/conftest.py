@@ -11,6 +11,7 @@ sockets; everything above the socket (the relay, gRPC, the agent) is the real co
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -159,3 +160,22 @@ def hybrid_vsock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setattr(VsockTransport, "open_stream", standin_open_stream(uds_path))
     monkeypatch.setattr(VsockTransport, "open_listener", standin_open_listener(uds_path))
     return uds_path
+
+
+@pytest.fixture
+def errors_logged() -> Iterator[list[str]]:
+    """Log records at ERROR or above (a device thread that died logs one, with traceback)."""
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    log = logging.getLogger("vaccel")
+    keep, level = Keep(logging.ERROR), log.level
+    log.addHandler(keep)
+    if log.level > logging.ERROR or log.level == logging.NOTSET:
+        log.setLevel(logging.ERROR)
+    yield records
+    log.removeHandler(keep)
+    log.setLevel(level)

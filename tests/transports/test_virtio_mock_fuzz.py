@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 import socket
 import struct
@@ -110,24 +109,6 @@ def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtioMockLis
     )
     yield served
     served.stop(2)
-
-
-@pytest.fixture
-def errors_logged() -> Iterator[list[str]]:
-    records: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    log = logging.getLogger("vaccel")
-    keep, level = Keep(logging.ERROR), log.level
-    log.addHandler(keep)
-    if log.level == logging.NOTSET or log.level > logging.ERROR:
-        log.setLevel(logging.ERROR)
-    yield records
-    log.removeHandler(keep)
-    log.setLevel(level)
 
 
 def guest_of(listener: VirtioMockListener) -> RawGuest:

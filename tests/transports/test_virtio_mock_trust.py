@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import logging
 import mmap
 import os
 import select
@@ -263,25 +262,6 @@ class Handler(EchoHandler):
 
     def close(self) -> None:
         self.out.close()
-
-
-@pytest.fixture
-def errors_logged() -> Iterator[list[str]]:
-    """Log records at ERROR or above (a device thread that died logs one, with traceback)."""
-    records: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    log = logging.getLogger("vaccel")
-    keep, level = Keep(logging.ERROR), log.level
-    log.addHandler(keep)
-    if log.level > logging.ERROR or log.level == logging.NOTSET:
-        log.setLevel(logging.ERROR)
-    yield records
-    log.removeHandler(keep)
-    log.setLevel(level)
 
 
 class Served:
