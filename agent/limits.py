@@ -17,7 +17,7 @@ import argparse
 import errno
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vaccel_core.transport import CallError
@@ -182,17 +182,6 @@ def _parse(spec: LimitSpec, value: Any) -> float:
     if number == 0 and spec.name not in UNLIMITED_WHEN_ZERO:
         raise InvalidArgumentError(f"{spec.flag}: expected a value > 0, got {value!r}")
     return number
-
-
-def _defaults_match() -> None:
-    defaults = Limits()
-    names = [f.name for f in fields(Limits)]
-    assert names == [s.name for s in LIMITS], "Limits fields and LIMITS rows differ"
-    for spec in LIMITS:
-        assert getattr(defaults, spec.name) == spec.default, spec.name
-
-
-_defaults_match()
 
 
 def limit_error(what: str, spec_name: str, detail: str = "") -> CallError:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import build_parser, make_config
+from agent.limits import LIMITS, Limits
 from agent.server import Agent
 
 
@@ -73,3 +74,19 @@ def test_an_embedders_transport_options_win_over_the_default_limits() -> None:
     )
     assert agent.limits.max_message_bytes == 1 << 20 and agent.options.max_message_bytes == 1 << 20
     assert agent.options.max_clients == 3 and agent.limits.max_sessions == 64
+
+
+def test_the_table_the_dataclass_and_the_transport_defaults_agree() -> None:
+    """Limits' fields are LIMITS' rows with the same defaults, and each limit a transport
+    enforces has the same default in TransportOptions (an embedder's explicit options are
+    told from defaults by comparing with them)."""
+    from dataclasses import fields
+
+    from vaccel_core.transport import TransportOptions
+
+    assert [f.name for f in fields(Limits)] == [spec.name for spec in LIMITS]
+    defaults, transport = Limits(), TransportOptions()
+    for spec in LIMITS:
+        assert getattr(defaults, spec.name) == spec.default, spec.name
+        if spec.transport:
+            assert getattr(transport, spec.name) == spec.default, spec.name
