@@ -1,4 +1,7 @@
-"""The unix transport: the agent protocol over gRPC on a unix socket (``unix:///run/v.sock``).
+"""The unix transport: the agent protocol on a unix socket (``unix:///run/v.sock``).
+
+Clients speak ttrpc by default (``grpc+unix://`` speaks gRPC); the agent's listener serves
+both on the same socket (:mod:`.dual`; ``grpc+unix://`` or ``ttrpc+unix://`` serves only one).
 
 The socket is created owner-only (mode 0600; ``TransportOptions.unix_socket_mode`` changes it)
 without a window in which others could connect: it is bound inside a private folder, given its
@@ -23,7 +26,7 @@ from vaccel_core import hookimpl
 from vaccel_core.errors import InvalidArgumentError, RemoteError
 from vaccel_core.transport import Address, Channel, Handler, Listener, Transport, TransportOptions
 
-from . import grpc_missing
+from . import protobuf_missing, require_grpc, serves_grpc
 
 #: Longest unix socket path the kernel takes (sun_path is 108 bytes with the final NUL).
 MAX_PATH_BYTES = 107
@@ -117,29 +120,47 @@ def check_socket_mode(options: TransportOptions, address: str) -> None:
         )
 
 
+def bind_unix(path: str) -> socket.socket:
+    """A unix stream socket bound at ``path`` and listening."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(path)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class UnixTransport(Transport):
-    """gRPC over a unix domain socket."""
+    """ttrpc (default) or gRPC over a unix domain socket."""
 
     scheme = "unix"
     name = "unix"
-    version = "0.1.0"
-    description = "agent protocol over gRPC on a unix socket (owner-only by default)"
+    version = "0.2.0"
+    description = "agent protocol over ttrpc or gRPC on a unix socket (owner-only by default)"
 
     @classmethod
     def probe(cls) -> str | None:
-        return grpc_missing()
+        return protobuf_missing()
 
     def connect(self, address: Address, options: TransportOptions) -> Channel:
-        from .grpc_client import GrpcChannel
-
         path = socket_path(address)
-        return GrpcChannel(f"unix:{path}", f"unix://{path}", options)
+        if address.speaks("ttrpc") == "grpc":
+            from .grpc_client import GrpcChannel
+
+            require_grpc(address)
+            return GrpcChannel(f"unix:{path}", str(address), options)
+        from .ttrpc.client import TtrpcChannel
+
+        channel = TtrpcChannel.connect_unix(str(path), options, str(address))
+        channel.hello(options.connect_timeout)
+        return channel
 
     def listen(self, address: Address, handler: Handler, options: TransportOptions) -> Listener:
-        from .grpc_server import serve
-
         path = socket_path(address)
-        check_socket_mode(options, str(address))
+        public = str(replace(address, target=str(path)))
+        check_socket_mode(options, public)
         # TLS is for tcp: a unix socket is protected by its file permissions.
         options = replace(options, tls=None)
 
@@ -148,19 +169,33 @@ class UnixTransport(Transport):
                 if stat.S_ISSOCK(path.lstat().st_mode):
                     path.unlink()
 
-        return listen_at(
-            path,
-            f"unix://{path}",
-            options.unix_socket_mode,
-            lambda staging: serve(
-                f"unix:{staging}",
-                lambda _port: f"unix://{path}",
-                handler,
-                options,
-                on_stopped=remove_socket,
-            ),
-            lambda listener: listener.stop(0),
-        )
+        if address.protocol == "grpc":
+            from .grpc_server import serve
+
+            require_grpc(address)
+            return listen_at(
+                path,
+                public,
+                options.unix_socket_mode,
+                lambda staging: serve(
+                    f"unix:{staging}",
+                    lambda _port: public,
+                    handler,
+                    options,
+                    on_stopped=remove_socket,
+                ),
+                lambda listener: listener.stop(0),
+            )
+        from .dual import DualListener
+
+        grpc = address.protocol != "ttrpc" and serves_grpc(address)
+        sock = listen_at(path, public, options.unix_socket_mode, bind_unix, lambda s: s.close())
+        try:
+            return DualListener(sock, public, handler, options, grpc=grpc, on_stopped=remove_socket)
+        except BaseException:
+            sock.close()
+            remove_socket()
+            raise
 
 
 @hookimpl

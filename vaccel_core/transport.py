@@ -39,13 +39,22 @@ Buffer = bytes | bytearray | memoryview
 DEFAULT_MAX_MESSAGE_BYTES = 16 << 20
 
 
+#: Wire protocols an address may name before its scheme (``grpc+unix://``, ``ttrpc+tcp://``).
+PROTOCOLS = ("grpc", "ttrpc")
+
+
 @dataclass(frozen=True)
 class Address:
     """A parsed agent address: ``unix:///run/v.sock``, ``tcp://127.0.0.1:65500``,
-    ``vsock://2:2048``, ``virtio-mock:///run/v.ctl``."""
+    ``vsock://2:2048``, ``virtio-mock:///run/v.ctl``.
+
+    A ``PROTOCOL+`` prefix names the wire protocol (``grpc+unix://``, ``ttrpc+tcp://``):
+    a client speaks it, a listener serves only it. Without one, unix and vsock speak ttrpc
+    (their listeners serve ttrpc and gRPC on the same socket) and tcp speaks gRPC."""
 
     scheme: str
     target: str  # everything after "scheme://"
+    protocol: str = ""  # "", "grpc" or "ttrpc"
 
     @classmethod
     def parse(cls, uri: str) -> Address:
@@ -55,10 +64,21 @@ class Address:
                 f"address: expected SCHEME://TARGET (e.g. unix:///tmp/v.sock, "
                 f"tcp://127.0.0.1:65500, vsock://2:2048), got {uri!r}"
             )
-        return cls(scheme.lower(), target)
+        protocol, plus, bare = scheme.lower().rpartition("+")
+        if plus and protocol not in PROTOCOLS:
+            raise InvalidArgumentError(
+                f"address {uri!r}: unknown protocol {protocol!r} before '+' (expected "
+                f"{' or '.join(PROTOCOLS)}, e.g. grpc+unix:///tmp/v.sock)"
+            )
+        return cls(bare, target, protocol)
+
+    def speaks(self, default: str) -> str:
+        """The protocol a client uses at this address: the named one, else ``default``."""
+        return self.protocol or default
 
     def __str__(self) -> str:
-        return f"{self.scheme}://{self.target}"
+        prefix = f"{self.protocol}+" if self.protocol else ""
+        return f"{prefix}{self.scheme}://{self.target}"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The tcp/unix transports on their own (in-process listener, real sockets, real gRPC)."""
+"""The tcp/unix transports on their own (in-process listener, real sockets, real gRPC and
+ttrpc: the unix tests run over both)."""
 
 from __future__ import annotations
 
@@ -42,11 +43,17 @@ class EchoHandler:
             self.disconnected.append(peer.id)
 
 
-@pytest.fixture(params=["unix", "tcp"])
+@pytest.fixture(params=["unix", "grpc+unix", "tcp", "ttrpc+tcp"])
 def transport_and_address(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[object, str]:
-    if request.param == "unix":
-        return UnixTransport(), f"unix://{tmp_path / 't.sock'}"
-    return TcpTransport(), "tcp://127.0.0.1:0"
+    if request.param.endswith("unix"):
+        return UnixTransport(), f"{request.param}://{tmp_path / 't.sock'}"
+    return TcpTransport(), f"{request.param}://127.0.0.1:0"
+
+
+@pytest.fixture(params=["unix", "grpc+unix"])
+def unix(request: pytest.FixtureRequest) -> str:
+    """A unix scheme: ttrpc (the default) or gRPC."""
+    return str(request.param)
 
 
 def test_echo_peers_and_disconnect(transport_and_address: tuple) -> None:
@@ -72,7 +79,7 @@ def test_echo_peers_and_disconnect(transport_and_address: tuple) -> None:
     assert sorted(handler.disconnected) == sorted(ids)
 
 
-def test_idle_connection_survives_keepalive_pings(tmp_path: Path) -> None:
+def test_idle_connection_survives_keepalive_pings(tmp_path: Path, unix: str) -> None:
     """Keepalive pings on an idle client must not make the server drop it (too_many_pings),
     which would release the client's sessions. Scaled down: a ping every 100 ms (without the
     fix the server drops the client after about 3 s)."""
@@ -80,7 +87,7 @@ def test_idle_connection_survives_keepalive_pings(tmp_path: Path) -> None:
 
     options = TransportOptions(extra={"keepalive_time_ms": 100, "keepalive_timeout_ms": 2000})
     handler = EchoHandler()
-    listener = UnixTransport().listen(Address.parse(f"unix://{tmp_path / 's'}"), handler, options)
+    listener = UnixTransport().listen(Address.parse(f"{unix}://{tmp_path / 's'}"), handler, options)
     try:
         channel = UnixTransport().connect(Address.parse(listener.address), options)
         assert channel.call("Echo", Message(b"x"), 5).payload == b"x"
@@ -93,10 +100,10 @@ def test_idle_connection_survives_keepalive_pings(tmp_path: Path) -> None:
         listener.stop(1)
 
 
-def test_reply_over_the_limit_is_resource_exhausted(tmp_path: Path) -> None:
+def test_reply_over_the_limit_is_resource_exhausted(tmp_path: Path, unix: str) -> None:
     options = TransportOptions(max_message_bytes=64 << 10)
     handler = EchoHandler(reply_size=1 << 20)
-    listener = UnixTransport().listen(Address.parse(f"unix://{tmp_path / 's'}"), handler, options)
+    listener = UnixTransport().listen(Address.parse(f"{unix}://{tmp_path / 's'}"), handler, options)
     try:
         channel = UnixTransport().connect(Address.parse(listener.address), options)
         with pytest.raises(CallError) as err:
@@ -109,10 +116,10 @@ def test_reply_over_the_limit_is_resource_exhausted(tmp_path: Path) -> None:
         listener.stop(1)
 
 
-def test_too_many_clients_are_refused_not_starved(tmp_path: Path) -> None:
+def test_too_many_clients_are_refused_not_starved(tmp_path: Path, unix: str) -> None:
     options = TransportOptions(max_clients=1, extra={"max_workers": 4})
     handler = EchoHandler()
-    listener = UnixTransport().listen(Address.parse(f"unix://{tmp_path / 's'}"), handler, options)
+    listener = UnixTransport().listen(Address.parse(f"{unix}://{tmp_path / 's'}"), handler, options)
     try:
         first = UnixTransport().connect(Address.parse(listener.address), options)
         wait_until(lambda: len(handler.connected) == 1, 5, "first attached")
@@ -174,7 +181,7 @@ def test_a_refused_call_is_not_a_lost_connection(tmp_path: Path) -> None:
     for the agent going away (which drops every session of the client)."""
     handler = EchoHandler()
     listener = UnixTransport().listen(
-        Address.parse(f"unix://{tmp_path / 's'}"), handler, TransportOptions()
+        Address.parse(f"grpc+unix://{tmp_path / 's'}"), handler, TransportOptions()
     )
     try:
         channel = UnixTransport().connect(Address.parse(listener.address), TransportOptions())

@@ -29,7 +29,7 @@ from transports.vsock import (
     hybrid_vsock_path,
 )
 from transports.vsock.address import local_cid, unavailable_reason
-from transports.vsock.relay import Relay
+from transports._relay import Relay
 from vaccel_core.errors import InvalidArgumentError, RemoteError
 from vaccel_core.transport import Address, Message, TransportOptions
 

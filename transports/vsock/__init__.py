@@ -1,12 +1,14 @@
 """The ``vsock`` transport: the agent protocol over AF_VSOCK (``vsock://CID:PORT``).
 
 The guest dials the host (CID 2) by default; the agent listens on every CID
-(``vsock://-1:2048``). grpcio's wheels cannot bind or dial vsock, so each side relays its
-AF_VSOCK connections byte for byte to gRPC on a private unix socket (see :mod:`.relay`): the
-bytes on the vsock wire are the same gRPC the ``unix://`` transport speaks. That is what makes
-hybrid vsock work: on Firecracker, Cloud Hypervisor and Dragonball a guest's connection to
-``vsock://2:2048`` arrives at the host unix socket ``<uds_path>_2048``, where the agent
-listens with ``unix://<uds_path>_2048`` (see :func:`hybrid_agent_address`).
+(``vsock://-1:2048``). Clients speak ttrpc straight on the AF_VSOCK socket; the agent's
+listener serves ttrpc and gRPC on the same port (:mod:`transports.dual`). ``grpc+vsock://``
+speaks gRPC, which grpcio's wheels cannot do on vsock: the client then relays a private unix
+socket to AF_VSOCK byte for byte (:mod:`transports._relay`). Either way the bytes on the vsock
+wire are what the ``unix://`` transport speaks. That is what makes hybrid vsock work: on
+Firecracker, Cloud Hypervisor and Dragonball a guest's connection to ``vsock://2:2048`` arrives
+at the host unix socket ``<uds_path>_2048``, where the agent listens with
+``unix://<uds_path>_2048`` (see :func:`hybrid_agent_address`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from vaccel_core.transport import (
     TransportOptions,
 )
 
-from .. import grpc_missing
+from .. import protobuf_missing, require_grpc, serves_grpc
+from .._relay import Relay
 from .address import (
     CID_ANY,
     CID_HOST,
@@ -42,7 +45,6 @@ from .address import (
     local_cid,
     unavailable_reason,
 )
-from .relay import Relay
 
 __all__ = [
     "CID_ANY",
@@ -92,14 +94,14 @@ class VsockTransport(Transport):
     scheme = "vsock"
     name = "vsock"
     version = "0.1.0"
-    description = "agent protocol (gRPC) over AF_VSOCK, relayed; hybrid vsock via unix://..._PORT"
+    description = "agent protocol (ttrpc or gRPC) over AF_VSOCK; hybrid vsock via unix://..._PORT"
 
     @classmethod
     def probe(cls) -> str | None:
         reason = unavailable_reason()
         if reason is not None:
             return reason
-        return grpc_missing()  # the relay's far side speaks gRPC
+        return protobuf_missing()
 
     # Sockets (tests replace these two with AF_UNIX stand-ins where no vsock peer exists) ----
     def open_stream(self, target: VsockAddress, timeout: float) -> socket.socket:
@@ -140,16 +142,44 @@ class VsockTransport(Transport):
                 f"address {address}: to connect, name a CID and a port (e.g. vsock://2:2048)"
             )
         where = str(address)
+        grpc = address.speaks("ttrpc") == "grpc"
+        if grpc:
+            require_grpc(address)
         try:
             first = self.open_stream(target, options.connect_timeout)
         except OSError as exc:
             raise RemoteError(
                 f"cannot reach the vAccel agent at {where}: {describe_connect_error(exc, target)}"
             ) from None
-        return VsockChannel(self, where, target, first, options)
+        if grpc:
+            return VsockChannel(self, where, target, first, options)
+        from ..ttrpc.client import TtrpcChannel
+
+        channel = TtrpcChannel(first, where, options)
+        channel.hello(options.connect_timeout)
+        return channel
 
     def listen(self, address: Address, handler: Handler, options: TransportOptions) -> Listener:
-        return VsockListener(self, VsockAddress.parse(address), handler, options)
+        from ..dual import DualListener
+
+        where = VsockAddress.parse(address)
+        try:
+            sock, bound = self.open_listener(where)
+        except OSError as exc:
+            raise RemoteError(f"cannot listen on {where}: {_listen_error(exc)}") from None
+        public = str(Address("vsock", str(bound).partition("://")[2], address.protocol))
+        try:
+            return DualListener(
+                sock,
+                public,
+                handler,
+                options,
+                grpc=address.protocol != "ttrpc" and serves_grpc(public),
+                ttrpc=address.protocol != "grpc",
+            )
+        except BaseException:
+            sock.close()
+            raise
 
 
 class VsockChannel(Channel):
@@ -181,7 +211,7 @@ class VsockChannel(Channel):
         self._inner_path = path
         self._inner_address = f"unix://{path}"
         try:
-            self._channel = transport._inner().connect(Address("unix", path), options)
+            self._channel = transport._inner().connect(Address("unix", path, "grpc"), options)
         except RemoteError as exc:
             self._cleanup()
             raise RemoteError(self._rename(exc.message)) from None
@@ -218,57 +248,6 @@ class VsockChannel(Channel):
     def _cleanup(self) -> None:
         self._relay.stop(1.0)
         shutil.rmtree(self._dir, ignore_errors=True)
-
-
-class VsockListener(Listener):
-    """AF_VSOCK connections relayed to the agent's gRPC server on a private unix socket."""
-
-    def __init__(
-        self,
-        transport: VsockTransport,
-        where: VsockAddress,
-        handler: Handler,
-        options: TransportOptions,
-    ) -> None:
-        try:
-            sock, bound = transport.open_listener(where)
-        except OSError as exc:
-            raise RemoteError(f"cannot listen on {where}: {_listen_error(exc)}") from None
-        self.address = str(bound)
-        self._dir = tempfile.mkdtemp(prefix="vaccel-vsock-agent-")
-        path = os.path.join(self._dir, "agent.sock")
-        try:
-            self._inner = transport._inner().listen(Address("unix", path), handler, options)
-        except BaseException:
-            sock.close()
-            shutil.rmtree(self._dir, ignore_errors=True)
-            raise
-
-        def dial() -> socket.socket:
-            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                conn.connect(path)
-            except BaseException:
-                conn.close()
-                raise
-            return conn
-
-        self._relay = Relay(
-            sock, dial, f"vsock relay on {self.address}", max_pairs=options.max_connections
-        )
-
-    def set_not_serving(self) -> None:
-        not_serving: Any = getattr(self._inner, "set_not_serving", None)
-        if not_serving is not None:
-            not_serving()
-
-    def stop(self, grace: float = 5.0) -> None:
-        self._relay.stop_accepting()
-        try:
-            self._inner.stop(grace)
-        finally:
-            self._relay.stop(1.0)
-            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def _listen_error(exc: OSError) -> str:

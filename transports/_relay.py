@@ -1,10 +1,9 @@
-"""A byte relay between stream sockets: how gRPC traffic crosses AF_VSOCK.
+"""A byte relay between stream sockets.
 
-grpcio's wheels can neither bind nor dial ``vsock:`` addresses, so each side keeps gRPC on a
-private unix socket and relays every connection byte for byte to or from an AF_VSOCK socket.
-The bytes on the vsock wire are therefore plain gRPC (HTTP/2), exactly what the agent's
-``unix://`` listener speaks: which is what hybrid vsock (Firecracker, Cloud Hypervisor,
-Dragonball) needs, since there the guest's vsock connection arrives on a host unix socket.
+grpcio can neither bind nor dial ``vsock:`` addresses, nor take over a connection someone else
+accepted. So gRPC stays on a private unix socket, and connections that must reach it from
+elsewhere are relayed byte for byte: a guest's gRPC channel to AF_VSOCK (:mod:`.vsock`), and the
+gRPC clients of a listener that serves ttrpc and gRPC on one socket (:mod:`.dual`).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from collections.abc import Callable
 
 from vaccel_core.log import logger
 
-from .._accept import accept_loop
+from ._accept import accept_loop
 
 CHUNK = 1 << 20
 

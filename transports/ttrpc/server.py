@@ -1,0 +1,625 @@
+"""Serving the agent over ttrpc: the connections a listener accepted, one client each.
+
+A connection's frames are read by one thread at a time, its *reader*. A sequential client (the
+common case: one call, its reply, the next call) costs no thread hand-off at all: the reader
+runs each complete call itself and goes back to reading. While it runs a call, the connection
+is armed in a shared epoll *watcher*; only when another frame arrives during the call does the
+watcher start a new reader for the connection, so calls of one connection run concurrently
+when the client sends them concurrently. Every call runs in a thread of its connection, so the
+agent's own admission (per-client and total calls and bytes) bounds how many run.
+
+What a client can make the agent hold is bounded before it is read:
+
+* a frame's length is checked in its header (over ``max_message_bytes`` plus a little for the
+  envelope: RESOURCE_EXHAUSTED for that stream, then the connection closes, since the rest of
+  the frame is never read);
+* once a frame's first byte is in, the whole frame must arrive within ``--receive-timeout``;
+* out-of-band buffers are announced first (sizes, checked against the message limit), then
+  received straight into their final memory; calls receiving buffers are bounded per
+  connection (``--max-client-calls``) and per listener (``--max-calls``), calls in progress
+  per connection by ``--max-streams``, connections by ``--max-clients``;
+* a client that does not read its replies gets its connection closed after
+  ``--receive-timeout`` of blocked writes.
+
+Protocol violations (a stream id that is even or does not increase, Data on a stream that is
+not receiving, a malformed envelope) get an error status on that stream; only what leaves the
+byte stream unusable (a truncated or oversized frame, a peer gone mid-frame) ends the
+connection. Either way other connections are unaffected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import secrets
+import select
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from vaccel_core.auth import token_matches
+from vaccel_core.errors import clip
+from vaccel_core.log import logger as _vaccel_logger
+from vaccel_core.proto import SERVICE_NAME
+from vaccel_core.transport import CallError, Handler, Message, Peer, TransportOptions
+
+from .. import grpc_framing
+from .._failures import call_failure
+from . import wire
+
+logger = _vaccel_logger.getChild("ttrpc")
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+SERVING, NOT_SERVING = 1, 2
+#: Methods of the agent's service that have no meaning over ttrpc.
+GRPC_ONLY = {"Attach": "over ttrpc the connection itself is the client: no Attach stream is needed"}
+#: gRPC's limit on one message; the ttrpc limit follows the same setting.
+MAX_LIMIT = (1 << 31) - 1
+
+
+def bearer_of(metadata: Any) -> str | None:
+    for item in metadata:
+        if item.key == wire.TOKEN_KEY:
+            return str(item.value)
+    return None
+
+
+@dataclass
+class _Call:
+    stream: int
+    service: str
+    method: str
+    payload: bytes
+    flags: int
+    deadline: float | None
+    admin: bool
+    authorized: bool = True
+    incoming: wire.Incoming | None = None
+    buffers: list[bytearray] = field(default_factory=list)
+
+
+class TtrpcServer:
+    """Serves ``handler`` on ttrpc connections handed over by :meth:`accept`."""
+
+    def __init__(self, handler: Handler, address: str, options: TransportOptions) -> None:
+        self.address = address
+        self._handler = handler
+        self.limit = max(1024, min(int(options.max_message_bytes), MAX_LIMIT))
+        self.frame_limit = self.limit + wire.ENVELOPE_SLACK
+        self.token = options.token
+        self.admin_token = options.admin_token
+        self.max_clients = max(1, int(options.max_clients))
+        self.max_streams = max(1, int(options.max_streams))
+        self.max_receiving = max(1, int(options.max_calls))
+        self.max_client_receiving = max(1, int(options.max_client_calls))
+        self.receive_timeout = max(0.1, float(options.receive_timeout))
+        self.handshake_timeout = max(0.1, float(options.handshake_timeout))
+        self.lock = threading.Lock()
+        self._idle = threading.Condition(self.lock)
+        self.connections: set[_Connection] = set()
+        self.receiving = 0
+        self._running = 0
+        self.serving = True
+        self.stopping = False
+        self._watcher = _Watcher()
+        self._numbers = itertools.count(1)
+
+    @property
+    def clients(self) -> int:
+        return len(self.connections)
+
+    def accept(self, sock: socket.socket, description: str) -> None:
+        """Serve a new connection (its first byte may already be waiting) in a thread of its
+        own; a listener at ``--max-clients`` answers its first call with an error."""
+        with self.lock:
+            refuse = self.stopping or len(self.connections) >= self.max_clients
+            conn = _Connection(self, sock, description)
+            if not refuse:
+                self.connections.add(conn)
+        target = conn.refuse if refuse else conn.start
+        threading.Thread(
+            target=target, name=f"vaccel-ttrpc-{next(self._numbers)}", daemon=True
+        ).start()
+
+    # Calls ---------------------------------------------------------------------------------
+    def run(self, conn: _Connection, call: _Call) -> list[Any]:
+        """Serve one complete call; the frames of its reply."""
+        with self.lock:
+            stopping = self.stopping
+            if not stopping:
+                self._running += 1
+        name = call.method if len(call.method) <= 64 else clip(call.method)
+        try:
+            if stopping:
+                raise CallError(
+                    "UNAVAILABLE", f"{name}: the agent is stopping", code=errno.EREMOTEIO
+                )
+            if call.deadline is not None and time.monotonic() >= call.deadline:
+                raise CallError(
+                    "DEADLINE_EXCEEDED",
+                    f"{name}: the call's deadline passed before it could run",
+                    code=errno.ETIMEDOUT,
+                )
+            if call.service == SERVICE_NAME:
+                reply = self._agent_call(conn, call, name)
+            elif call.service == HEALTH_SERVICE:
+                reply = Message(self._health(call, name))
+            else:
+                raise CallError(
+                    "UNIMPLEMENTED",
+                    f"service {clip(call.service)!r} is not served here (known: "
+                    f"{SERVICE_NAME}, {HEALTH_SERVICE})",
+                    code=errno.ENOTSUP,
+                )
+            return self._reply_frames(call, reply, name)
+        except BaseException as exc:  # the call fails, the connection goes on
+            return [failure_frame(call.stream, call_failure(name, exc))]
+        finally:
+            if not stopping:
+                with self.lock:
+                    self._running -= 1
+                    if not self._running:
+                        self._idle.notify_all()
+
+    def _agent_call(self, conn: _Connection, call: _Call, name: str) -> Message:
+        if not call.authorized:
+            raise CallError(
+                "UNAUTHENTICATED",
+                f"{name}: missing or wrong token (send metadata 'authorization: Bearer "
+                f"<token>'; clients: VACCEL_RPC_TOKEN_FILE)",
+                code=errno.EACCES,
+            )
+        why = GRPC_ONLY.get(call.method)
+        if why is not None:
+            raise CallError("UNIMPLEMENTED", f"{name}: {why}", code=errno.ENOTSUP)
+        if call.incoming is not None:
+            request = Message(call.payload, tuple(call.incoming.buffers))
+        else:
+            request = grpc_framing.decode(call.payload)
+        peer = replace(conn.peer, admin=True) if call.admin else conn.peer
+        return self._handler.handle(call.method, request, peer)
+
+    def _health(self, call: _Call, name: str) -> bytes:
+        if call.method != "Check":
+            raise CallError(
+                "UNIMPLEMENTED",
+                f"{name}: {HEALTH_SERVICE} serves only Check over ttrpc",
+                code=errno.ENOTSUP,
+            )
+        try:
+            service = wire.HealthCheckRequest.FromString(call.payload).service
+        except Exception:
+            raise CallError(
+                "INVALID_ARGUMENT",
+                "Check: malformed request: expected a grpc.health.v1.HealthCheckRequest",
+                code=errno.EINVAL,
+            ) from None
+        if service not in ("", SERVICE_NAME):
+            raise CallError(
+                "NOT_FOUND", f"Check: unknown service {clip(service)!r}", code=errno.ENOENT
+            )
+        status = SERVING if self.serving else NOT_SERVING
+        return bytes(wire.HealthCheckResponse(status=status).SerializeToString())
+
+    def _reply_frames(self, call: _Call, reply: Message, name: str) -> list[Any]:
+        grpc_framing.check_size(reply, self.limit, f"{name}: the agent's reply")
+        frames: list[Any] = []
+        if reply.buffers and call.flags & (wire.FLAG_REMOTE_CLOSED | wire.FLAG_REMOTE_OPEN):
+            # Our client: the buffers go as Data frames, straight from the reply's memory.
+            frames = wire.buffer_frames(call.stream, reply.buffers, 0)
+            payload = reply.payload
+        else:
+            payload = grpc_framing.encode(reply)
+        body = wire.Response(status=_OK, payload=bytes(payload)).SerializeToString()
+        frames.append(wire.HEADER.pack(len(body), call.stream, wire.TYPE_RESPONSE, 0) + body)
+        return frames
+
+    # Health and stopping -------------------------------------------------------------------
+    def set_not_serving(self) -> None:
+        self.serving = False
+
+    def stop(self, grace: float) -> None:
+        """Refuse new calls, let running ones finish within ``grace`` seconds, then close
+        every connection (their clients' state is released)."""
+        deadline = time.monotonic() + max(grace, 0.0)
+        with self.lock:
+            self.stopping = True
+            self.serving = False
+            while self._running:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    logger.warning(
+                        "%s: in-flight calls did not finish within %.1f s", self.address, grace
+                    )
+                    break
+                self._idle.wait(left)
+            connections = list(self.connections)
+        for conn in connections:
+            conn.shut()
+        for conn in connections:
+            conn.ended.wait(max(deadline - time.monotonic(), 0.0) + 1.0)
+        self._watcher.close()
+
+    def forget(self, conn: _Connection) -> None:
+        with self.lock:
+            self.connections.discard(conn)
+
+
+_OK = wire.Status(code=0)
+
+
+def failure_frame(stream: int, exc: CallError) -> bytes:
+    body = wire.Response(status=wire.error_status(exc)).SerializeToString()
+    return wire.HEADER.pack(len(body), stream, wire.TYPE_RESPONSE, 0) + body
+
+
+class _Connection:
+    """One client: its socket, its reader role, its calls."""
+
+    def __init__(self, server: TtrpcServer, sock: socket.socket, description: str) -> None:
+        self.server = server
+        self.sock = sock
+        self.reader = wire.FrameReader(sock, server.frame_limit, server.receive_timeout)
+        self.peer = Peer(f"client-{secrets.token_hex(6)}", description)
+        self.lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self.reading = True  # the thread that starts the connection is its first reader
+        self.running = 0
+        self.closed = False
+        self.ended = threading.Event()
+        self._last_stream = 0
+        self._receiving: dict[int, _Call] = {}
+        self._dropped: set[int] = set()  # refused streams whose Data frames are skipped
+        # A client that stops reading its replies blocks our writes: bounded by the kernel.
+        timeout = struct.pack("ll", int(server.receive_timeout), 0)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
+
+    # Lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self.server._handler.peer_connected(self.peer)
+        except Exception:
+            logger.exception("client %s: registering it failed", self.peer.id)
+            self._end_reading()
+            return
+        logger.debug("client %s connected over ttrpc to %s", self.peer.id, self.server.address)
+        self.server._watcher.register(self)
+        self.read_loop()
+
+    def refuse(self) -> None:
+        """Answer the first call with why the connection is refused, then close."""
+        server = self.server
+        why = (
+            "the agent is stopping"
+            if server.stopping
+            else f"this listener already serves {len(server.connections)} clients (limit "
+            f"{server.max_clients}, --max-clients)"
+        )
+        status, code = (
+            ("UNAVAILABLE", errno.EREMOTEIO)
+            if server.stopping
+            else (
+                "RESOURCE_EXHAUSTED",
+                errno.ENOMEM,
+            )
+        )
+        try:
+            header = self.reader.header(time.monotonic() + server.handshake_timeout)
+            self._send([failure_frame(header.stream, CallError(status, why, code=code))])
+        except Exception:
+            pass
+        finally:
+            self.sock.close()
+            self.ended.set()
+
+    def shut(self) -> None:
+        """Cut the connection (its reader sees the end and releases the client)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def _end_reading(self) -> None:
+        """The reader stops for good; the last thread out releases the client."""
+        with self.lock:
+            self.closed = True
+            self.reading = False
+            last = self.running == 0
+        self.shut()
+        if last:
+            self._release()
+
+    def _release(self) -> None:
+        server = self.server
+        server._watcher.unregister(self)
+        server.forget(self)
+        with server.lock:
+            server.receiving -= len(self._receiving)
+        self._receiving.clear()
+        try:
+            server._handler.peer_disconnected(self.peer)
+        except Exception:
+            logger.exception("client %s: releasing its state failed", self.peer.id)
+        self.sock.close()
+        logger.debug("client %s disconnected from %s", self.peer.id, server.address)
+        self.ended.set()
+
+    # Reading -------------------------------------------------------------------------------
+    def read_loop(self) -> None:
+        """Read frames and run the calls they complete, as long as this thread is the
+        connection's reader."""
+        try:
+            while True:
+                call = self._next_call()
+                if not self._run(call):
+                    return
+        except wire.ConnectionClosed as exc:
+            if not exc.clean:
+                logger.info("client %s: the connection ended mid-frame", self.peer.id)
+        except wire.FrameTimeout:
+            logger.warning(
+                "client %s: a frame did not arrive in full within %g s (--receive-timeout); "
+                "closing its connection",
+                self.peer.id,
+                self.server.receive_timeout,
+            )
+        except wire.ProtocolError as exc:
+            logger.warning("client %s: %s; closing its connection", self.peer.id, exc.message)
+        except OSError as exc:
+            logger.info("client %s: connection failed: %s", self.peer.id, exc)
+        except Exception:
+            logger.exception("client %s: ttrpc connection failed", self.peer.id)
+        self._end_reading()
+
+    def _next_call(self) -> _Call:
+        """Read frames until a call is complete."""
+        reader = self.reader
+        while True:
+            head = reader.header()
+            if head.type == wire.TYPE_DATA and head.stream in self._dropped:
+                self._skip_dropped(head)  # the rest of a refused request, however large
+                continue
+            if head.length > reader.limit:
+                error = CallError(
+                    "RESOURCE_EXHAUSTED",
+                    f"a {wire.TYPE_NAMES.get(head.type, 'frame')} of {head.length} bytes "
+                    f"exceeds the limit of {reader.limit} bytes (max_message_bytes); closing "
+                    f"the connection",
+                    code=errno.ENOMEM,
+                )
+                self._send([failure_frame(head.stream, error)])
+                raise wire.ProtocolError(error.message)
+            if head.type == wire.TYPE_REQUEST:
+                call = self._request(head, reader.read(head.length))
+            elif head.type == wire.TYPE_DATA:
+                call = self._data(head)
+            else:
+                reader.skip(head.length)  # unknown or server-only types: ignored
+                call = None
+            if call is not None:
+                return call
+
+    def _request(self, head: wire.Header, data: bytes) -> _Call | None:
+        stream = head.stream
+        if stream % 2 == 0 or stream <= self._last_stream:
+            self._fail(
+                stream,
+                "INVALID_ARGUMENT",
+                f"stream id {stream} is not valid: client streams are odd and increase "
+                f"(last was {self._last_stream})",
+            )
+            return None
+        self._last_stream = stream
+        try:
+            request = wire.Request.FromString(data)
+        except Exception:
+            self._fail(stream, "INVALID_ARGUMENT", "malformed ttrpc Request")
+            return None
+        server = self.server
+        presented = bearer_of(request.metadata)
+        admin = server.admin_token is not None and token_matches(server.admin_token, presented)
+        call = _Call(
+            stream,
+            request.service,
+            request.method,
+            request.payload,
+            head.flags,
+            time.monotonic() + request.timeout_nano / 1e9 if request.timeout_nano > 0 else None,
+            admin,
+            authorized=server.token is None or admin or token_matches(server.token, presented),
+        )
+        if self.running + len(self._receiving) >= server.max_streams:
+            self._fail(
+                stream,
+                "RESOURCE_EXHAUSTED",
+                f"{clip(request.method)}: this connection already has "
+                f"{self.running + len(self._receiving)} calls in progress (limit "
+                f"{server.max_streams}, --max-streams)",
+            )
+            if head.flags & wire.FLAG_REMOTE_OPEN:
+                self._dropped.add(stream)
+            return None
+        if not head.flags & wire.FLAG_REMOTE_OPEN:
+            return call
+        refusal = self._admit_receiving(request.method)
+        if refusal:
+            self._fail(stream, "RESOURCE_EXHAUSTED", refusal)
+            self._dropped.add(stream)
+            return None
+        self._receiving[stream] = call
+        return None
+
+    def _admit_receiving(self, method: str) -> str | None:
+        server = self.server
+        if len(self._receiving) >= server.max_client_receiving:
+            return (
+                f"{clip(method)}: this client already has {len(self._receiving)} requests being "
+                f"received (limit {server.max_client_receiving}, --max-client-calls)"
+            )
+        with server.lock:
+            if server.receiving >= server.max_receiving:
+                return (
+                    f"{clip(method)}: the listener is receiving {server.receiving} requests "
+                    f"(limit {server.max_receiving}, --max-calls); try again shortly"
+                )
+            server.receiving += 1
+        return None
+
+    def _data(self, head: wire.Header) -> _Call | None:
+        stream = head.stream
+        call = self._receiving.get(stream)
+        if call is None:
+            self.reader.skip(head.length)
+            self._fail(stream, "INVALID_ARGUMENT", f"stream {stream} is not receiving data")
+            return None
+        if call.incoming is None:
+            # The first Data frame announces the buffers' sizes.
+            data = self.reader.read(head.length)
+            try:
+                sizes = wire.receive_sizes(data, self.server.limit - len(call.payload), call.method)
+            except CallError as exc:
+                self._stop_receiving(stream, head.flags)
+                self._send([failure_frame(stream, exc)])
+                return None
+            call.incoming = wire.Incoming(sizes)
+        else:
+            call.incoming.fill(self.reader, head.length)
+        if not head.flags & wire.FLAG_REMOTE_CLOSED:
+            return None
+        self._stop_receiving(stream, head.flags)
+        if not call.incoming.complete:
+            self._fail(
+                stream,
+                "INVALID_ARGUMENT",
+                f"{clip(call.method)}: out-of-band buffers ended short of their announced sizes",
+            )
+            return None
+        return call
+
+    def _skip_dropped(self, head: wire.Header) -> None:
+        self.reader.skip(head.length)
+        if head.flags & wire.FLAG_REMOTE_CLOSED:
+            self._dropped.discard(head.stream)
+
+    def _stop_receiving(self, stream: int, flags: int) -> None:
+        self._receiving.pop(stream, None)
+        with self.server.lock:
+            self.server.receiving -= 1
+        if not flags & wire.FLAG_REMOTE_CLOSED:
+            self._dropped.add(stream)
+
+    def _fail(self, stream: int, status: str, message: str) -> None:
+        code = {"RESOURCE_EXHAUSTED": errno.ENOMEM, "INVALID_ARGUMENT": errno.EINVAL}
+        self._send(
+            [failure_frame(stream, CallError(status, message, code=code.get(status, errno.EIO)))]
+        )
+
+    # Running -------------------------------------------------------------------------------
+    def _run(self, call: _Call) -> bool:
+        """Run ``call`` in this thread, watched; whether this thread reads on afterwards."""
+        watcher = self.server._watcher
+        with self.lock:
+            self.reading = False
+            self.running += 1
+            watcher.arm(self)
+        try:
+            frames = self.server.run(self, call)
+            self._send(frames)
+        except OSError as exc:
+            logger.info("client %s: cannot send a reply: %s", self.peer.id, exc)
+            self.shut()
+        finally:
+            with self.lock:
+                self.running -= 1
+                if self.reading or self.closed:
+                    last = self.closed and self.running == 0 and not self.reading
+                    keep_reading = False
+                else:
+                    self.reading = True
+                    watcher.disarm(self)
+                    last = False
+                    keep_reading = True
+            if last:
+                self._release()
+        return keep_reading
+
+    def woken(self) -> None:
+        """The watcher saw input while no thread was reading: start a reader."""
+        with self.lock:
+            if self.reading or self.closed:
+                return
+            self.reading = True
+        threading.Thread(target=self.read_loop, name="vaccel-ttrpc-reader", daemon=True).start()
+
+    def _send(self, frames: list[Any]) -> None:
+        with self._write_lock:
+            wire.send_all(self.sock, frames)
+
+
+class _Watcher:
+    """One epoll thread that starts a reader for a connection whose input arrives while its
+    reader is busy running a call (EPOLLONESHOT: armed per call)."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._by_fd: dict[int, _Connection] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop_r, self._stop_w = socket.socketpair()
+        self._epoll.register(self._stop_r.fileno(), select.EPOLLIN)
+
+    def register(self, conn: _Connection) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="vaccel-ttrpc-watcher", daemon=True
+                )
+                self._thread.start()
+            fd = conn.sock.fileno()
+            self._by_fd[fd] = conn
+            self._epoll.register(fd, select.EPOLLONESHOT)
+
+    def unregister(self, conn: _Connection) -> None:
+        with self._lock:
+            fd = conn.sock.fileno()
+            if self._by_fd.get(fd) is conn:
+                del self._by_fd[fd]
+                with contextlib.suppress(OSError):
+                    self._epoll.unregister(fd)
+
+    def arm(self, conn: _Connection) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.modify(conn.sock.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
+
+    def disarm(self, conn: _Connection) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.modify(conn.sock.fileno(), select.EPOLLONESHOT)
+
+    def _loop(self) -> None:
+        stop = self._stop_r.fileno()
+        while True:
+            try:
+                events = self._epoll.poll()
+            except InterruptedError:
+                continue
+            except (OSError, ValueError):
+                return
+            for fd, _ in events:
+                if fd == stop:
+                    return
+                with self._lock:
+                    conn = self._by_fd.get(fd)
+                if conn is not None:
+                    conn.woken()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stop_w.send(b"x")
+        if self._thread is not None:
+            self._thread.join(2.0)
+        self._epoll.close()
+        self._stop_r.close()
+        self._stop_w.close()
