@@ -17,7 +17,9 @@ from vaccel_core.log import logger
 
 from ._accept import accept_loop
 
-CHUNK = 1 << 20
+#: Per pump: small, since every relayed connection holds two (a connection-flooding client
+#: must not turn --max-connections into gigabytes).
+CHUNK = 64 << 10
 
 
 def _pump(src: socket.socket, dst: socket.socket, done: Callable[[], None]) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import grpc
 
 from vaccel_core.auth import TOKEN_METADATA, token_matches
-from vaccel_core.errors import RemoteError, VaccelError
+from vaccel_core.errors import RemoteError
 from vaccel_core.proto import SERVICE_NAME
 from vaccel_core.transport import (
     CallError,
@@ -43,10 +43,10 @@ from vaccel_core.transport import (
     Listener,
     Peer,
     TransportOptions,
-    status_for,
 )
 
 from . import grpc_framing
+from ._failures import call_failure
 from ._receiving import ReceiveSlots, Refused
 from ._scheduler import FairExecutor, QueueFull
 from .grpc_transport import (
@@ -260,20 +260,9 @@ class AgentServicer(grpc.GenericRpcHandler):
                 f"{name}: this client already has {exc.args[0]} calls queued or running "
                 f"(limit {self._max_streams}, --max-streams)",
             )
-        except CallError as exc:
-            failure = (exc.status, exc.code, exc.message)
-        except grpc_framing.FrameError as exc:
-            failure = ("INVALID_ARGUMENT", exc.code, f"{name}: {exc.message}")
-        except VaccelError as exc:
-            failure = (status_for(exc), exc.code, exc.message)
-        except Exception:
-            reference = secrets.token_hex(4)
-            logger.exception("%s: unexpected error in the agent (reference %s)", name, reference)
-            failure = (
-                "INTERNAL",
-                errno.EIO,
-                f"{name}: unexpected agent error (reference {reference} in the agent's log)",
-            )
+        except Exception as exc:
+            error = call_failure(name, exc)
+            failure = (error.status, error.code, error.message)
         finally:
             self._leave()
         return await _abort(context, *failure)

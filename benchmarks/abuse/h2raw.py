@@ -33,7 +33,9 @@ Hold = Callable[[], None]
 
 
 def connect_socket(address: str, timeout: float = 5.0) -> socket.socket:
-    """A connected stream socket to ``tcp://HOST:PORT`` or ``unix:///path``."""
+    """A connected stream socket to ``tcp://HOST:PORT`` or ``unix:///path`` (a ``grpc+``
+    prefix is allowed: HTTP/2 is what this speaks anyway)."""
+    address = address.removeprefix("grpc+")
     if address.startswith("unix://"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         target: Any = address[len("unix://") :]

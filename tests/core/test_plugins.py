@@ -179,5 +179,12 @@ def test_grpc_transports_report_a_missing_grpcio(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "grpc" else real(name, *a)
     )
-    assert TcpTransport.probe() == UnixTransport.probe() == GRPC_MISSING
+    assert TcpTransport.probe() == GRPC_MISSING
     assert GRPC_MISSING == "grpcio is not installed (pip install 'pyvaccel[remote]')"
+    # unix speaks ttrpc by default, which needs protobuf only; asking it for gRPC says why not.
+    assert UnixTransport.probe() is None
+    from vaccel_core.errors import RemoteError
+    from vaccel_core.transport import Address, TransportOptions
+
+    with pytest.raises(RemoteError, match=r"grpc\+unix:///tmp/v.sock: gRPC was asked for"):
+        UnixTransport().connect(Address.parse("grpc+unix:///tmp/v.sock"), TransportOptions())

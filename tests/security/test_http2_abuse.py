@@ -214,7 +214,7 @@ def test_half_sent_bodies_of_attached_clients_are_bounded_by_the_receiving_slots
     message just under --max-message-size (16 MiB) and sending 15 MiB of it. At most
     --max-client-calls (8) of a client's calls are read at once, and a body that does not
     arrive within --receive-timeout is dropped, so the agent holds at most 4 x 8 x 16 MiB."""
-    agent = start_agent([f"unix://{tmp_path / 'a.sock'}"], args=["--receive-timeout", "3"])
+    agent = start_agent([f"grpc+unix://{tmp_path / 'a.sock'}"], args=["--receive-timeout", "3"])
     attackers = [RawClient(agent.address) for _ in range(4)]
     conns = []
     try:
@@ -246,7 +246,7 @@ def test_half_sent_bodies_of_attached_clients_are_bounded_by_the_receiving_slots
 def test_a_slow_sender_holding_every_slot_is_evicted_for_another_client(tmp_path: Path) -> None:
     """--max-calls 8: one client holds all 8 receiving slots with bodies it never finishes;
     another client's call takes the place of the attacker's oldest instead of waiting."""
-    agent = start_agent([f"unix://{tmp_path / 'a.sock'}"], args=["--max-calls", "8"])
+    agent = start_agent([f"grpc+unix://{tmp_path / 'a.sock'}"], args=["--max-calls", "8"])
     attacker, victim = RawClient(agent.address), RawClient(agent.address)
     try:
         sid = victim.create_session()
