@@ -1,16 +1,30 @@
-"""Remote overhead: our rpc backend + agent vs a bare gRPC echo of the same size.
+"""Remote overhead: our rpc backend + agent vs a bare echo of the same size, same wire.
 
-One run starts the agent (noop backend) and a bare gRPC echo server, each as its own process,
-both listening on a unix socket and on tcp. For each transport it times, alternating call by
-call, the same round trip through our layers (``Session`` -> rpc backend -> transport -> agent
--> noop backend and back) and through a bare gRPC echo of the same request and reply sizes:
+One run starts the agent (noop backend) and a bare echo server, each as its own process. The
+agent listens on a unix socket (``unix://``: ttrpc, and gRPC relayed, on one socket), a
+gRPC-only unix socket (``grpc+unix://``) and tcp (gRPC); the echo server is a bare gRPC server
+on a unix socket and on tcp, and a bare ttrpc echo on a unix socket (our ttrpc transport
+with a handler that returns its request: no rpc backend, no agent). For each wire it times,
+alternating call by call, the same round trip through our layers (``Session`` -> rpc backend ->
+transport -> agent -> noop backend and back) and through the bare echo of the same wire with
+the same request and reply sizes. The wires:
+
+* ``unix ttrpc``: ours over ``unix://`` (ttrpc, the default) vs the bare ttrpc echo;
+* ``unix grpc``: ours over ``grpc+unix://`` to the gRPC-only listener vs the bare gRPC echo
+  (what ``unix://`` measured before it spoke ttrpc);
+* ``tcp grpc``: ours over ``tcp://`` vs the bare gRPC echo.
+
+The cases:
 
 * ``noop``: ``session.noop()``
 * ``1 MiB`` / ``64 MiB``: ``session.fpga_arraycopy(a)`` with an int32 tensor of that size (the
   noop backend returns a tensor of the same size)
 
-The bare client sends ``tensor.tobytes()`` and wraps the reply with ``np.frombuffer`` (the least
-a gRPC client holding a numpy array does); the bare server returns its request unchanged.
+The bare gRPC client sends ``tensor.tobytes()`` and wraps the reply with ``np.frombuffer`` (the
+least a gRPC client holding a numpy array does); the bare gRPC server returns its request
+unchanged. The bare ttrpc client sends the tensor as an out-of-band buffer, as ours does, and
+wraps the buffer it gets back with ``np.frombuffer``.
+
 It prints medians, the ratio ours / bare, the agent-side time of the operation itself (its
 validation and the noop backend, from the profiling regions the agent returns), and the ratio
 without it (what our layers add; goal: at most 1.20). Usage::
@@ -42,9 +56,32 @@ MAX = (1 << 31) - 1
 GRPC_OPTIONS = [("grpc.max_send_message_length", MAX), ("grpc.max_receive_message_length", MAX)]
 
 
+class TtrpcEcho:
+    """The bare ttrpc echo's handler: the request back (its buffers too), or, for a method
+    named ``Echo:N``, N zero bytes (the reply size of the call it stands in for)."""
+
+    def handle(self, method: str, request: Any, peer: Any) -> Any:
+        from vaccel_core.transport import Message
+
+        size = method.partition(":")[2]
+        if size:
+            return Message(bytes(int(size)))
+        return Message(bytes(request.payload), list(request.buffers))
+
+    def peer_connected(self, peer: Any) -> None:
+        pass
+
+    def peer_disconnected(self, peer: Any) -> None:
+        pass
+
+
 def echo_server(addresses: list[str]) -> int:
-    """A bare gRPC server whose one method returns its request bytes (identity serializers)."""
+    """A bare gRPC server whose one method returns its request bytes (identity serializers),
+    and a bare ttrpc echo (``ttrpc+unix://`` addresses)."""
     import grpc
+
+    from transports.unix import UnixTransport
+    from vaccel_core.transport import Address, TransportOptions
 
     def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
         size = int(dict(context.invocation_metadata()).get("reply-size", len(request)))
@@ -59,8 +96,14 @@ def echo_server(addresses: list[str]) -> int:
         )
     )
     bound = []
+    listeners = []  # kept alive until the process ends
     for address in addresses:
-        if address.startswith("unix://"):
+        if address.startswith("ttrpc+unix://"):
+            options = TransportOptions(max_message_bytes=MAX)
+            listener = UnixTransport().listen(Address.parse(address), TtrpcEcho(), options)
+            listeners.append(listener)
+            bound.append(listener.address)
+        elif address.startswith("unix://"):
             server.add_insecure_port("unix:" + address[len("unix://") :])
             bound.append(address)
         else:
@@ -148,18 +191,63 @@ def frame_sizes(channel: Any, fn: Callable[[], object]) -> tuple[int, int]:
     return seen[0], seen[1]
 
 
-def bench_transport(
-    kind: str, ours_addr: str, echo_addr: str, args: argparse.Namespace
-) -> list[tuple[Any, ...]]:
-    """Time noop, 1 MiB and 64 MiB round trips, ours vs bare, on one transport."""
-    import grpc
+class BareGrpc:
+    """The bare gRPC echo's client."""
 
+    def __init__(self, address: str) -> None:
+        import grpc
+
+        self.channel = grpc.insecure_channel(grpc_target(address), options=GRPC_OPTIONS)
+        self.call = self.channel.unary_unary("/bench.Echo/Echo")
+
+    def sized(self, size: int, reply_size: int) -> object:
+        """A round trip with our noop's request and reply sizes."""
+        return self.call(bytes(size), metadata=(("reply-size", str(reply_size)),), timeout=60)
+
+    def tensor(self, tensor: np.ndarray) -> np.ndarray:
+        """The least a bare gRPC client holding a numpy array does: its bytes out, an array
+        back."""
+        return np.frombuffer(self.call(tensor.tobytes(), timeout=60), dtype=tensor.dtype)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class BareTtrpc:
+    """The bare ttrpc echo's client (our ttrpc channel, nothing above it)."""
+
+    def __init__(self, address: str) -> None:
+        from transports.ttrpc.client import TtrpcChannel
+        from vaccel_core.transport import TransportOptions
+
+        path = address.partition("://")[2]
+        self.channel = TtrpcChannel.connect_unix(path, TransportOptions(max_message_bytes=MAX))
+
+    def sized(self, size: int, reply_size: int) -> object:
+        from vaccel_core.transport import Message
+
+        return self.channel.call(f"Echo:{reply_size}", Message(bytes(size)), 60)
+
+    def tensor(self, tensor: np.ndarray) -> np.ndarray:
+        from vaccel_core.transport import Message
+
+        reply = self.channel.call("Echo", Message(b"", [tensor]), 60)
+        return np.frombuffer(reply.buffers[0], dtype=tensor.dtype)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def bench_transport(
+    kind: str, ours_addr: str, bare: BareGrpc | BareTtrpc, args: argparse.Namespace
+) -> list[tuple[Any, ...]]:
+    """Time noop, 1 MiB and 64 MiB round trips, ours vs bare, on one wire."""
     from vaccel_core import Config, Session
 
     session = Session(config=Config(plugins=["rpc"], rpc_address=ours_addr, profiling=True))
     channel = session.backends[0]._channels[ours_addr]  # type: ignore[attr-defined]
-    bare_channel = grpc.insecure_channel(grpc_target(echo_addr), options=GRPC_OPTIONS)
-    call = bare_channel.unary_unary("/bench.Echo/Echo")
+    wire = "ttrpc" if type(channel).__name__ == "TtrpcChannel" else "grpc"
+    assert kind.endswith(wire), f"{kind}: our channel is a {type(channel).__name__}"
     rows = []
     cases: list[tuple[str, Callable[[], object], np.ndarray | None, int]] = [
         ("noop", session.noop, None, args.rounds_noop)
@@ -168,16 +256,17 @@ def bench_transport(
         ("1 MiB", 1 << 20, args.rounds_1m),
         ("64 MiB", 64 << 20, args.rounds_64m),
     ):
-        tensor = np.arange(nbytes // 4, dtype=np.int32)
-        cases.append((label, partial(session.fpga_arraycopy, tensor), tensor, rounds))
+        array = np.arange(nbytes // 4, dtype=np.int32)
+        cases.append((label, partial(session.fpga_arraycopy, array), array, rounds))
     try:
         for label, ours, tensor, rounds in cases:
             req_size, reply_size = frame_sizes(channel, ours)
+            bare_call: Callable[[], object]
             if tensor is None:
-                bare = partial(bare_bytes, call, req_size, reply_size)
+                bare_call = partial(bare.sized, req_size, reply_size)
             else:
-                bare = partial(bare_tensor, call, tensor)
-            ours_ms, bare_ms, backend_ms = measure(session, ours, bare, rounds)
+                bare_call = partial(bare.tensor, tensor)
+            ours_ms, bare_ms, backend_ms = measure(session, ours, bare_call, rounds)
             rows.append(
                 (
                     kind,
@@ -193,18 +282,8 @@ def bench_transport(
             )
     finally:
         session.release()
-        bare_channel.close()
+        bare.close()
     return rows
-
-
-def bare_bytes(call: Any, size: int, reply_size: int) -> object:
-    """A bare gRPC round trip with our noop's request and reply sizes."""
-    return call(bytes(size), metadata=(("reply-size", str(reply_size)),), timeout=60)
-
-
-def bare_tensor(call: Any, tensor: np.ndarray) -> np.ndarray:
-    """The least a bare gRPC client holding a numpy array does: its bytes out, an array back."""
-    return np.frombuffer(call(tensor.tobytes(), timeout=60), dtype=tensor.dtype)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             "-a",
             f"unix://{tmp}/agent.sock",
             "-a",
+            f"grpc+unix://{tmp}/grpc.sock",
+            "-a",
             "tcp://127.0.0.1:0",
             "--plugins",
             "noop",
@@ -237,31 +318,43 @@ def main(argv: list[str] | None = None) -> int:
             "--max-message-size",
             "128M",
         ],
-        2,
+        3,
         env,
     )
     os.environ["VACCEL_RPC_MAX_MESSAGE_BYTES"] = str(128 << 20)
     echo, echo_addrs = start(
-        [sys.executable, __file__, "--echo-server", f"unix://{tmp}/echo.sock", "tcp://127.0.0.1:0"],
-        2,
+        [
+            sys.executable,
+            __file__,
+            "--echo-server",
+            f"ttrpc+unix://{tmp}/echo-ttrpc.sock",
+            f"unix://{tmp}/echo.sock",
+            "tcp://127.0.0.1:0",
+        ],
+        3,
         env,
     )
+    tcp = next(a for a in agent_addrs if a.startswith("tcp://"))
+    wires: list[tuple[str, str, Callable[[], BareGrpc | BareTtrpc]]] = [
+        ("unix ttrpc", f"unix://{tmp}/agent.sock", partial(BareTtrpc, echo_addrs[0])),
+        ("unix grpc", f"grpc+unix://{tmp}/grpc.sock", partial(BareGrpc, echo_addrs[1])),
+        ("tcp grpc", tcp, partial(BareGrpc, echo_addrs[2])),
+    ]
     rows = []
     try:
-        for kind, ours_addr, echo_addr in zip(
-            ("unix", "tcp"), agent_addrs, echo_addrs, strict=True
-        ):
-            rows += bench_transport(kind, ours_addr, echo_addr, args)
+        for kind, ours_addr, bare in wires:
+            rows += bench_transport(kind, ours_addr, bare(), args)
     finally:
         for proc in (agent, echo):
             proc.terminate()
             proc.wait(10)
     header = ("transport", "case", "bytes", "n", "ours ms", "bare ms", "ratio", "backend", "layers")
-    print("{:<9} {:<7} {:>10} {:>4} {:>9} {:>9} {:>6} {:>8} {:>7}".format(*header))
+    print("{:<10} {:<7} {:>10} {:>4} {:>9} {:>9} {:>6} {:>8} {:>7}".format(*header))
     for row in rows:
-        print("{:<9} {:<7} {:>10} {:>4} {:>9.3f} {:>9.3f} {:>6.2f} {:>8.3f} {:>7.2f}".format(*row))
+        print("{:<10} {:<7} {:>10} {:>4} {:>9.3f} {:>9.3f} {:>6.2f} {:>8.3f} {:>7.2f}".format(*row))
     print(
-        "ratio  = median(ours) / median(bare gRPC echo, same sizes, same transport)\n"
+        "ratio  = median(ours) / median(bare echo, same sizes, same wire: the bare ttrpc echo\n"
+        "         for unix ttrpc, the bare gRPC echo for the gRPC rows)\n"
         "backend = median agent-side time of the operation (validation + noop backend), ms\n"
         "layers = (median(ours) - backend) / median(bare): what our layers add; goal <= 1.20"
     )
