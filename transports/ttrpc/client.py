@@ -33,7 +33,7 @@ from . import wire
 MAX_LIMIT = (1 << 31) - 1
 
 
-@dataclass
+@dataclass(slots=True)
 class _Waiter:
     """A call waiting for its reply."""
 
@@ -197,6 +197,8 @@ class TtrpcChannel(Channel):
             raise wire.call_error(waiter.status, method)
         if waiter.incoming is not None:
             return Message(waiter.payload, tuple(waiter.incoming.buffers))
+        if service != SERVICE_NAME:
+            return Message(waiter.payload)  # another service's payload is opaque
         return grpc_framing.decode(waiter.payload)
 
     def _send(self, stream: int, body: bytes, buffers: Sequence[Buffer]) -> None:

@@ -68,7 +68,7 @@ def bearer_of(metadata: Any) -> str | None:
     return None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Call:
     stream: int
     service: str
@@ -126,15 +126,26 @@ class TtrpcServer:
         ).start()
 
     # Calls ---------------------------------------------------------------------------------
-    def run(self, conn: _Connection, call: _Call) -> list[Any]:
-        """Serve one complete call; the frames of its reply."""
+    def enter(self) -> bool:
+        """A call starts running: False when the agent is stopping (it is refused)."""
         with self.lock:
-            stopping = self.stopping
-            if not stopping:
-                self._running += 1
+            if self.stopping:
+                return False
+            self._running += 1
+            return True
+
+    def leave(self) -> None:
+        """A call entered with :meth:`enter` has ended (its reply sent)."""
+        with self.lock:
+            self._running -= 1
+            if not self._running:
+                self._idle.notify_all()
+
+    def run(self, conn: _Connection, call: _Call, admitted: bool) -> list[Any]:
+        """Serve one complete call; the frames of its reply (never raises)."""
         name = call.method if len(call.method) <= 64 else clip(call.method)
         try:
-            if stopping:
+            if not admitted:
                 raise CallError(
                     "UNAVAILABLE", f"{name}: the agent is stopping", code=errno.EREMOTEIO
                 )
@@ -151,19 +162,13 @@ class TtrpcServer:
             else:
                 raise CallError(
                     "UNIMPLEMENTED",
-                    f"service {clip(call.service)!r} is not served here (known: "
+                    f"service {clip(call.service)} is not served here (known: "
                     f"{SERVICE_NAME}, {HEALTH_SERVICE})",
                     code=errno.ENOTSUP,
                 )
             return self._reply_frames(call, reply, name)
         except BaseException as exc:  # the call fails, the connection goes on
             return [failure_frame(call.stream, call_failure(name, exc))]
-        finally:
-            if not stopping:
-                with self.lock:
-                    self._running -= 1
-                    if not self._running:
-                        self._idle.notify_all()
 
     def _agent_call(self, conn: _Connection, call: _Call, name: str) -> Message:
         if not call.authorized:
@@ -200,7 +205,7 @@ class TtrpcServer:
             ) from None
         if service not in ("", SERVICE_NAME):
             raise CallError(
-                "NOT_FOUND", f"Check: unknown service {clip(service)!r}", code=errno.ENOENT
+                "NOT_FOUND", f"Check: unknown service {clip(service)}", code=errno.ENOENT
             )
         status = SERVING if self.serving else NOT_SERVING
         return bytes(wire.HealthCheckResponse(status=status).SerializeToString())
@@ -214,8 +219,7 @@ class TtrpcServer:
             payload = reply.payload
         else:
             payload = grpc_framing.encode(reply)
-        body = wire.Response(status=_OK, payload=bytes(payload)).SerializeToString()
-        frames.append(wire.HEADER.pack(len(body), call.stream, wire.TYPE_RESPONSE, 0) + body)
+        frames.extend(wire.ok_response(call.stream, payload))
         return frames
 
     # Health and stopping -------------------------------------------------------------------
@@ -247,9 +251,6 @@ class TtrpcServer:
     def forget(self, conn: _Connection) -> None:
         with self.lock:
             self.connections.discard(conn)
-
-
-_OK = wire.Status(code=0)
 
 
 def failure_frame(stream: int, exc: CallError) -> bytes:
@@ -419,7 +420,7 @@ class _Connection:
             self._fail(stream, "INVALID_ARGUMENT", "malformed ttrpc Request")
             return None
         server = self.server
-        presented = bearer_of(request.metadata)
+        presented = bearer_of(request.metadata) if request.metadata else None
         admin = server.admin_token is not None and token_matches(server.admin_token, presented)
         call = _Call(
             stream,
@@ -520,30 +521,36 @@ class _Connection:
     # Running -------------------------------------------------------------------------------
     def _run(self, call: _Call) -> bool:
         """Run ``call`` in this thread, watched; whether this thread reads on afterwards."""
-        watcher = self.server._watcher
+        server = self.server
+        watcher = server._watcher
         with self.lock:
             self.reading = False
             self.running += 1
             watcher.arm(self)
+        admitted = server.enter()
+        keep_reading = False
         try:
-            frames = self.server.run(self, call)
-            self._send(frames)
-        except OSError as exc:
-            logger.info("client %s: cannot send a reply: %s", self.peer.id, exc)
-            self.shut()
-        finally:
+            frames = server.run(self, call, admitted)
+            # Back to reading before replying: the client's next request may come the moment
+            # it has the reply, and this thread (not a new one) should read it.
             with self.lock:
-                self.running -= 1
-                if self.reading or self.closed:
-                    last = self.closed and self.running == 0 and not self.reading
-                    keep_reading = False
-                else:
+                keep_reading = not (self.reading or self.closed)
+                if keep_reading:
                     self.reading = True
                     watcher.disarm(self)
-                    last = False
-                    keep_reading = True
-            if last:
-                self._release()
+            try:
+                self._send(frames)
+            except OSError as exc:
+                logger.info("client %s: cannot send a reply: %s", self.peer.id, exc)
+                self.shut()
+        finally:
+            if admitted:
+                server.leave()
+            with self.lock:
+                self.running -= 1
+                last = self.closed and self.running == 0 and not self.reading
+        if last:
+            self._release()
         return keep_reading
 
     def woken(self) -> None:

@@ -29,8 +29,7 @@ import socket
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
@@ -204,8 +203,7 @@ def call_error(status: Any, method: str) -> CallError:
 
 
 # Frames -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     length: int
     stream: int
     type: int
@@ -215,6 +213,25 @@ class Header:
 def frame(stream: int, kind: int, flags: int, data: bytes) -> bytes:
     """One whole frame as bytes (for small frames)."""
     return HEADER.pack(len(data), stream, kind, flags) + data
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def ok_response(stream: int, payload: Buffer) -> list[Buffer]:
+    """The Response frame of a successful call, as parts to send (``payload`` not copied):
+    ``Response{status: {}, payload}`` encoded by hand, since it is on every call's path
+    (the same bytes protobuf writes; a test compares them)."""
+    view = memoryview(payload)
+    n = view.nbytes
+    body_head = b"\x0a\x00\x12" + _varint(n)  # status (empty = OK), then the payload field
+    return [HEADER.pack(len(body_head) + n, stream, TYPE_RESPONSE, 0) + body_head, view]
 
 
 def buffer_frames(stream: int, buffers: Sequence[Buffer], last_flags: int) -> list[Buffer]:
@@ -331,6 +348,7 @@ class FrameReader:
         self._start = 0
         self._end = 0
         self._deadline: float | None = None  # of the frame being read
+        self._kernel_timeout: float | None = None  # SO_RCVTIMEO as last set
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN)
 
@@ -380,15 +398,44 @@ class FrameReader:
             return True
         return bool(self._poll.poll(None if timeout is None else max(timeout, 0.0) * 1000.0))
 
+    def _first_bytes(self, deadline: float) -> None:
+        """Wait for the next bytes until ``deadline`` (the buffer is empty) in one blocking
+        ``recv`` bounded by the kernel (SO_RCVTIMEO, changed only when the wait is not about
+        the same as the last one): one system call where poll + recv would be two."""
+        self._start = self._end = 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FrameTimeout
+            if self._kernel_timeout is None or abs(self._kernel_timeout - left) > max(
+                0.05, left / 10
+            ):
+                seconds = int(left)
+                value = struct.pack("ll", seconds, max(int((left - seconds) * 1e6), 1))
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+                self._kernel_timeout = left
+            try:
+                n = self.sock.recv_into(self._view)
+            except BlockingIOError:
+                continue  # the kernel's timeout: check the deadline
+            except (ConnectionResetError, BrokenPipeError):
+                raise ConnectionClosed(True) from None
+            if not n:
+                raise ConnectionClosed(True)
+            self._end = n
+            return
+
     def header(self, deadline: float | None = None) -> Header:
         """The next frame's header; ``deadline`` bounds the wait for it. Raises
         ConnectionClosed(clean=True) at the end of the stream."""
         self._deadline = None
+        if deadline is not None and self._end == self._start:
+            self._first_bytes(deadline)
         self._fill(HEADER_BYTES, deadline)
         self._started()
-        length, stream, kind, flags = HEADER.unpack_from(self._buf, self._start)
+        head = Header._make(HEADER.unpack_from(self._buf, self._start))
         self._start += HEADER_BYTES
-        return Header(length, stream, kind, flags)
+        return head
 
     def read(self, n: int) -> bytes:
         """``n`` bytes of frame data as a bytes object."""
