@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="addresses",
         metavar="URI",
         help="address to listen on; repeat for several (unix:///PATH, tcp://HOST:PORT, "
-        f"vsock://CID:PORT); default {DEFAULT_RPC_ADDRESS}",
+        "vsock://CID:PORT; unix and vsock serve ttrpc and gRPC on one socket, grpc+ or ttrpc+ "
+        f"before the scheme serves only that one); default {DEFAULT_RPC_ADDRESS}",
     )
     parser.add_argument(
         "--plugins",

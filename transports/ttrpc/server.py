@@ -38,7 +38,7 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vaccel_core.auth import token_matches
@@ -79,7 +79,6 @@ class _Call:
     admin: bool
     authorized: bool = True
     incoming: wire.Incoming | None = None
-    buffers: list[bytearray] = field(default_factory=list)
 
 
 class TtrpcServer:

@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from vaccel_core.errors import VaccelError
@@ -296,7 +297,9 @@ class Incoming:
     """Out-of-band buffers being received: allocated once, filled in place by Data frames."""
 
     def __init__(self, sizes: Sequence[int]) -> None:
-        self.buffers = [bytearray(n) for n in sizes]
+        # Uninitialized memory (np.empty): every byte is about to be received into it, and
+        # zeroing 64 MiB first would cost as much as receiving it.
+        self.buffers = [memoryview(np.empty(n, dtype=np.uint8).data) for n in sizes]
         self._index = 0
         self._offset = 0
         self._skip_empty()
@@ -315,7 +318,7 @@ class Incoming:
         while length:
             if self.complete:
                 raise ProtocolError("more out-of-band bytes than announced")
-            target = memoryview(self.buffers[self._index])[self._offset :]
+            target = self.buffers[self._index][self._offset :]
             n = min(length, target.nbytes)
             reader.read_into(target[:n])
             self._offset += n
