@@ -3,15 +3,31 @@
 ``start_agent(addresses, env=..., args=...)`` is reusable by other transports' tests: pass any
 addresses (``unix://``, ``tcp://...:0``, ``vsock://``, ``virtio-mock://``); it waits for one
 ``Listening on '<address>'`` line per address and returns a handle with the bound addresses.
+
+The wire (``pytest tests/remote --wire=unix|vsock|grpc``, or ``PYVACCEL_TEST_WIRE``): the agents
+of these tests listen on unix sockets, which serve ttrpc and gRPC on the same socket; the wire
+says how the tests' clients reach them (:func:`client_address`, applied by ``remote_session``,
+``remote_config``, ``RawClient`` and ``AgentProcess.address``):
+
+* ``unix`` (default): ``unix://PATH``, ttrpc;
+* ``vsock``: ``vsock://2:PORT``, ttrpc over the vsock transport, routed to the agent's socket as
+  a hybrid-vsock VMM routes a guest's connection (:class:`HybridVsockStandIn`; each agent socket
+  gets its own port);
+* ``grpc``: ``grpc+unix://PATH``, gRPC (relayed by the agent's listener to its gRPC server).
+
+Tests that cannot go over another wire are skipped there with the reason (:data:`ONE_WIRE`).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import itertools
 import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,14 +65,194 @@ def missing_remote_extra() -> str | None:
     return None
 
 
+# The wire ----------------------------------------------------------------------------------------
+WIRES = ("unix", "vsock", "grpc")
+#: The environment variable that picks the wire when ``--wire`` is not given.
+WIRE_VARIABLE = "PYVACCEL_TEST_WIRE"
+
+#: Tests (``file::name`` prefixes) that cannot run over a wire other than the default, and why.
+#: Whole files that never connect a client to an agent are here too: under another wire they
+#: would only run again unchanged.
+ONE_WIRE: dict[str, str] = {
+    "test_allocator.py": "no client connection in this file",
+    "test_service_races.py": "no client connection in this file (the service is called directly)",
+    "test_status_for.py": "no client connection in this file",
+    "test_wire_schema.py": "no client connection in this file",
+    "test_grpc_transport.py": (
+        "these transport tests choose their wires themselves (unix, grpc+unix, tcp, ttrpc+tcp "
+        "parameters, in-process listeners)"
+    ),
+    **dict.fromkeys(
+        (
+            "test_agent_process.py::test_health_serving_then_not_serving_while_stopping",
+            "test_agent_process.py::test_reflection_lists_the_agent_service",
+            "test_agent_process.py::test_plain_grpc_client_can_call_typed_methods",
+            "test_agent_process.py::test_grpcurl_lists_the_service",
+        ),
+        "a gRPC tool (grpcio's own channel, grpcurl) dials the agent's unix socket itself: "
+        "gRPC on unix whatever the wire",
+    ),
+    "test_agent_process.py::test_issue_done_criterion_vaccel_noop_against_the_agent": (
+        "the client is another process given the issue's unix:// address as it stands"
+    ),
+    "test_sessions_remote.py::test_killed_agent_gives_a_clear_error_and_a_restarted_one_serves": (
+        "it asserts that the errors name the unix:// address the test dials, which the wire "
+        "replaces"
+    ),
+}
+#: Tests that cannot run over one particular wire, and why.
+NOT_OVER: dict[str, dict[str, str]] = {
+    "vsock": {
+        "test_sessions_remote.py::test_client_that_goes_away_leaves_zero_sessions": (
+            "the client is another process, where the hybrid-vsock stand-in (patched into this "
+            "process only) does not route vsock://2:PORT"
+        ),
+    },
+    "grpc": {},
+}
+_wire = "unix"  # the wire of the test running now (set for tests under tests/remote only)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--wire",
+        choices=WIRES,
+        default=None,
+        help=(
+            "how the remote tests' clients reach their agents: unix (ttrpc, default), vsock "
+            "(ttrpc over vsock://2:PORT, hybrid-vsock routing), grpc (grpc+unix://); "
+            f"default: ${WIRE_VARIABLE} or unix"
+        ),
+    )
+
+
+def selected_wire(config: pytest.Config) -> str:
+    """The wire asked for on the command line, else in the environment, else ``unix``."""
+    wire = config.getoption("wire", default=None) or os.environ.get(WIRE_VARIABLE) or "unix"
+    if wire not in WIRES:
+        raise pytest.UsageError(f"{WIRE_VARIABLE}={wire!r}: expected one of {', '.join(WIRES)}")
+    return str(wire)
+
+
+class HybridVsockStandIn:
+    """LABELLED STAND-IN for a hybrid-vsock VMM (Firecracker, Cloud Hypervisor, Dragonball).
+
+    Such a VMM turns a guest's connection to ``vsock://2:PORT`` into a connection to the host
+    unix socket ``<uds_path>_PORT``. No AF_VSOCK peer can exist on this machine (no vsock
+    device to a host we control, no vsock_loopback), so this replaces
+    ``VsockTransport.open_stream`` in the test process: a ``vsock://2:PORT`` connection becomes
+    an AF_UNIX connection to the agent socket given that port (each agent socket gets its own
+    port, so the socket plays ``<uds_path>_PORT``). Everything above the socket (the vsock
+    transport's connect, ttrpc, the agent's listener) is the real code. As the VMM does, it
+    resets the connection when no agent listens for the port, and routes only the host's CID.
+    """
+
+    FIRST_PORT = 2048  # Kata's vAccel port, then upwards
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ports: dict[str, int] = {}
+        self._sockets: dict[int, str] = {}
+        self._next = itertools.count(self.FIRST_PORT)
+
+    def port_of(self, path: str) -> int:
+        """The vsock port that reaches the agent socket at ``path`` (the same one every time)."""
+        path = os.path.abspath(path)
+        with self._lock:
+            port = self._ports.get(path)
+            if port is None:
+                port = self._ports[path] = next(self._next)
+                self._sockets[port] = path
+            return port
+
+    def open_stream(self, target: Any, timeout: float) -> socket.socket:
+        """What ``VsockTransport.open_stream(target, timeout)`` returns under hybrid vsock."""
+        from transports.vsock import CID_HOST
+
+        if target.cid != CID_HOST:
+            raise OSError(errno.ENODEV, "a hybrid-vsock guest reaches only the host (CID 2)")
+        path = self._sockets.get(target.port)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
+        try:
+            if path is None:
+                raise ConnectionResetError(errno.ECONNRESET, "no host socket for this port")
+            try:
+                sock.connect(path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                # The VMM finds nobody at <uds_path>_PORT and resets the guest's connection.
+                raise ConnectionResetError(
+                    errno.ECONNRESET, os.strerror(errno.ECONNRESET)
+                ) from None
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return sock
+
+
+HYBRID_VSOCK = HybridVsockStandIn()
+
+
+def client_address(address: str) -> str:
+    """Where a client of the running test dials the agent listening at ``address``: the same
+    address, except a ``unix://`` one under ``--wire=vsock`` or ``--wire=grpc``."""
+    if _wire == "unix" or not address.startswith("unix://"):
+        return address
+    if _wire == "grpc":
+        return "grpc+" + address
+    from transports.vsock import CID_HOST
+
+    return f"vsock://{CID_HOST}:{HYBRID_VSOCK.port_of(address[len('unix://') :])}"
+
+
+@pytest.fixture(autouse=True)
+def wire(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test here runs with its clients on the selected wire (see :func:`client_address`)."""
+    global _wire
+    wire = selected_wire(request.config)
+    if wire == "vsock":
+        from transports.vsock import VsockTransport
+
+        def open_stream(self: Any, target: Any, timeout: float) -> socket.socket:
+            return HYBRID_VSOCK.open_stream(target, timeout)
+
+        monkeypatch.setattr(VsockTransport, "open_stream", open_stream)
+    _wire = wire
+    try:
+        yield wire
+    finally:
+        _wire = "unix"
+
+
+def _one_wire_reason(item: pytest.Item, wire: str, here: Path) -> str | None:
+    """Why ``item`` does not run over ``wire``, or None."""
+    name = Path(item.path).resolve().relative_to(here).as_posix() + "::" + item.name
+    for table in (ONE_WIRE, NOT_OVER.get(wire, {})):
+        for prefix, reason in table.items():
+            if name == prefix or name.startswith((prefix + "::", prefix + "[")):
+                return reason
+    params = getattr(item, "callspec", None)
+    if params is not None and params.params.get("transport_kind") == "tcp":
+        return "the tcp variant: tcp:// is gRPC over tcp whatever the wire (the default run has it)"
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reason = missing_remote_extra()
-    if reason is None:
-        return
     here = Path(__file__).resolve().parent
-    for item in items:
-        if here in Path(item.path).resolve().parents:
+    mine = [item for item in items if here in Path(item.path).resolve().parents]
+    reason = missing_remote_extra()
+    if reason is not None:
+        for item in mine:
             item.add_marker(pytest.mark.skip(reason=reason))
+        return
+    wire = selected_wire(config)
+    if wire == "unix":
+        return
+    for item in mine:
+        why = _one_wire_reason(item, wire, here)
+        if why is not None:
+            item.add_marker(pytest.mark.skip(reason=f"not over --wire={wire}: {why}"))
 
 
 @dataclass
@@ -88,7 +284,9 @@ class AgentProcess:
 
     @property
     def address(self) -> str:
-        return self.addresses[0]
+        """The first address, as the running test's clients dial it (:func:`client_address`:
+        under ``--wire`` not always what :attr:`addresses` says the agent listens on)."""
+        return client_address(self.addresses[0])
 
     @property
     def log(self) -> str:
@@ -204,7 +402,7 @@ def start_agent(
 
 def remote_config(address: str, **kwargs: Any) -> Config:
     """A client configuration that sends sessions to the agent at ``address``."""
-    return Config(plugins=["rpc"], rpc_address=address, **kwargs)
+    return Config(plugins=["rpc"], rpc_address=client_address(address), **kwargs)
 
 
 def remote_session(address: str, **kwargs: Any) -> Session:
@@ -222,7 +420,7 @@ class RawClient:
         from vaccel_core.proto import pb
 
         self.pb = pb()
-        self.address = address
+        self.address = address = client_address(address)
         parsed = Address.parse(address)
         self.channel: Channel = (
             get_registry()
