@@ -21,13 +21,16 @@ ping-pong processes, and times, interleaved round by round:
 
 Process placement matters on small VMs (waking a thread on another CPU costs tens of µs), so
 the noop comparison runs twice: every process on one CPU, then client and servers on two
-different CPUs (when there are two). Prints medians and ratios; goals (worst placement):
+different CPUs (when there are two). The servers tune glibc's allocator as ``vaccel-agent``
+does (``agent/allocator.py``: a fresh 64 MiB receive buffer then reuses heap pages instead of
+faulting in new ones; ``--no-agent-allocator`` leaves it alone); the client does not, as a guest
+application would not. Prints medians and ratios; goals (worst placement):
 virtio-mock noop <= 3x the socketpair ping-pong, virtio-mock 64 MiB throughput >= 1/4 of
 memcpy's (issue 5); ttrpc/unix noop <= 3x the socketpair ping-pong, ttrpc/unix 64 MiB
 throughput >= 0.1x memcpy's (issue 10). Usage::
 
     python benchmarks/bench_transports.py [--rounds 15] [--calls 200] [--grpc-calls 40]
-        [--big-rounds 7]
+        [--big-rounds 7] [--no-agent-allocator]
 """
 
 from __future__ import annotations
@@ -80,8 +83,13 @@ LISTENERS = {
 }
 
 
-def serve(folder: str, name: str) -> None:
+def serve(folder: str, name: str, tune: bool) -> None:
     import socket as s
+
+    if tune:  # what vaccel-agent does at start (agent/cli.py): large blocks stay in the heap
+        from agent.allocator import tune_allocator
+
+        tune_allocator()
 
     from transports.vsock import VsockAddress, VsockTransport, hybrid_vsock_path
     from vaccel_core.plugins import get_registry
@@ -164,12 +172,18 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=200, help="fast calls per round")
     parser.add_argument("--grpc-calls", type=int, default=40, help="gRPC calls per round")
     parser.add_argument("--big-rounds", type=int, default=7, help="64 MiB rounds")
+    parser.add_argument(
+        "--no-agent-allocator",
+        action="store_true",
+        help="leave glibc's allocator alone in the servers (vaccel-agent tunes it, see "
+        "agent/allocator.py)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--scheme", help=argparse.SUPPRESS)
     parser.add_argument("--pong", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.scheme)
+        serve(args.serve, args.scheme, not args.no_agent_allocator)
         return 0
     if args.pong is not None:
         pong(args.pong)
@@ -183,7 +197,15 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     servers = {
         name: subprocess.Popen(
-            [sys.executable, __file__, "--serve", folder, "--scheme", name],
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                folder,
+                "--scheme",
+                name,
+                *(["--no-agent-allocator"] if args.no_agent_allocator else []),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -377,7 +399,11 @@ def main() -> int:
     print()
     medians = {name: statistics.median(s) for name, s in big.items()}
     memcpy = medians["memcpy (np.copyto)"]
-    print(f"64 MiB round trip, median ms ({args.big_rounds} rounds); throughput vs memcpy")
+    tuning = "off" if args.no_agent_allocator else "on, as in vaccel-agent"
+    print(
+        f"64 MiB round trip, median ms ({args.big_rounds} rounds); throughput vs memcpy "
+        f"(servers' allocator tuning {tuning}; the client's untuned)"
+    )
     for name, m in medians.items():
         gbs = BIG / m / 1e9
         print(f"  {name:32}{m * 1e3:9.2f} ms {gbs:7.2f} GB/s {memcpy / m:7.2f}x memcpy")
