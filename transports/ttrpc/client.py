@@ -24,7 +24,7 @@ from typing import Any
 from vaccel_core.auth import bearer
 from vaccel_core.errors import RemoteError
 from vaccel_core.proto import SERVICE_NAME
-from vaccel_core.transport import Buffer, Channel, Message, TransportOptions
+from vaccel_core.transport import Buffer, CallError, Channel, Message, TransportOptions
 
 from .. import grpc_framing
 from . import wire
@@ -38,8 +38,9 @@ class _Waiter:
     """A call waiting for its reply."""
 
     method: str
-    limit: int
     status: Any = None
+    #: Why the reply is refused (its buffers are over our limit): its frames are skipped.
+    refused: CallError | None = None
     payload: bytes = b""
     incoming: wire.Incoming | None = None
     done: bool = False
@@ -180,7 +181,7 @@ class TtrpcChannel(Channel):
         for key, value in (*self._metadata, *metadata):
             envelope.metadata.add(key=key, value=value)
         body = envelope.SerializeToString()
-        waiter = _Waiter(method, self._limit - len(request.payload))
+        waiter = _Waiter(method)
         with self._send_lock:
             stream = next(self._ids)  # taken here: ids must reach the agent in order
             with self._lock:
@@ -193,6 +194,8 @@ class TtrpcChannel(Channel):
                     self._lost = self._lost or f"sending failed: {_reason(exc)}"
                 raise self._lost_error(method) from None
         self._wait(stream, waiter, deadline, timeout)
+        if waiter.refused is not None:
+            raise waiter.refused
         if waiter.status is not None and waiter.status.code != 0:
             raise wire.call_error(waiter.status, method)
         if waiter.incoming is not None:
@@ -272,19 +275,26 @@ class TtrpcChannel(Channel):
 
     def _dispatch(self, head: wire.Header) -> None:
         reader = self._reader
+        with self._lock:
+            waiter = self._waiting.get(head.stream)
+        if waiter is None or (waiter.refused is not None and head.type == wire.TYPE_DATA):
+            # The reply to a call that gave up waiting, or the rest of a refused one.
+            reader.skip(head.length)
+            return
         if head.length > reader.limit:
             raise wire.ProtocolError(
                 f"the agent sent a frame of {head.length} bytes (limit {reader.limit})"
             )
-        with self._lock:
-            waiter = self._waiting.get(head.stream)
-        if waiter is None:  # the reply to a call that gave up waiting
-            reader.skip(head.length)
-            return
         if head.type == wire.TYPE_DATA:
             if waiter.incoming is None:
-                sizes = wire.receive_sizes(reader.read(head.length), waiter.limit, waiter.method)
-                waiter.incoming = wire.Incoming(sizes)
+                try:
+                    sizes = wire.receive_sizes(
+                        reader.read(head.length), self._limit, waiter.method, "client"
+                    )
+                except CallError as exc:
+                    waiter.refused = exc  # the rest of this reply is skipped, frame by frame
+                else:
+                    waiter.incoming = wire.Incoming(sizes)
             else:
                 waiter.incoming.fill(reader, head.length)
             return
@@ -297,7 +307,7 @@ class TtrpcChannel(Channel):
             raise wire.ProtocolError("the agent sent a malformed ttrpc Response") from None
         waiter.status = response.status if response.HasField("status") else None
         waiter.payload = response.payload
-        if waiter.incoming is not None and not waiter.incoming.complete:
+        if waiter.refused is None and waiter.incoming is not None and not waiter.incoming.complete:
             raise wire.ProtocolError("the agent's reply ended short of its announced buffers")
         with self._lock:
             self._waiting.pop(head.stream, None)

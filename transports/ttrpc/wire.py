@@ -276,8 +276,9 @@ def send_all(sock: socket.socket, parts: Sequence[Buffer]) -> None:
             pending.pop(0)
 
 
-def receive_sizes(data: bytes, limit: int, what: str) -> list[int]:
-    """The buffer sizes a ``Buffers`` frame announces, checked against ``limit`` bytes."""
+def receive_sizes(data: bytes, limit: int, what: str, receiver: str = "agent") -> list[int]:
+    """The buffer sizes a ``Buffers`` frame announces, checked against ``limit`` bytes
+    (``receiver`` names who refuses them)."""
     try:
         sizes = list(Buffers.FromString(data).sizes)
     except Exception:
@@ -286,8 +287,9 @@ def receive_sizes(data: bytes, limit: int, what: str) -> list[int]:
     if total > limit:
         raise CallError(
             "RESOURCE_EXHAUSTED",
-            f"{what}: the agent refused the message: {total} bytes of out-of-band buffers "
-            f"exceed what its message size limit leaves ({limit} bytes, max_message_bytes)",
+            f"{what}: the {receiver} refused the message: {total} bytes of out-of-band "
+            f"buffers exceed what its message size limit leaves ({limit} bytes, "
+            f"max_message_bytes)",
             code=errno.ENOMEM,
         )
     return sizes
