@@ -8,14 +8,15 @@ of one client and ``total`` calls of the listener, so partial requests hold at m
 slots (a slow sender would hold them forever): it evicts the oldest receiving call of its own
 client, or of the client receiving the most, when that call has been receiving for longer than
 ``grace`` seconds; legitimate requests complete in milliseconds, so what gets evicted is a
-sender that dawdles. Everything here runs on the listener's event loop (no locks).
+sender that dawdles. The gRPC listener uses it on its event loop (evicting a call cancels its
+task); the ttrpc listener under its lock (evicting a request drops its buffers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 
@@ -28,7 +29,8 @@ class Slot:
     """One call receiving its request. ``evicted`` is set when another call took its place."""
 
     key: Hashable
-    task: asyncio.Task[object] | None
+    #: What evicting the call does (cancel its task, drop its buffers); None: not evictable.
+    evict: Callable[[], object] | None
     since: float = field(default_factory=time.monotonic)
     evicted: str | None = None
 
@@ -49,9 +51,9 @@ class ReceiveSlots:
     def __len__(self) -> int:
         return self._count
 
-    def enter(self, key: Hashable, what: str) -> Slot:
-        """A slot for the current task's call of ``key``, or Refused. ``what`` names the
-        call in messages."""
+    def enter(self, key: Hashable, what: str, evict: Callable[[], object] | None = None) -> Slot:
+        """A slot for a call of ``key``, or Refused. ``what`` names the call in messages;
+        ``evict`` is what evicting it does (default: cancel the current asyncio task)."""
         mine = self._by_key.get(key, [])
         if len(mine) >= self.per_key:
             self._evict_oldest(
@@ -77,7 +79,10 @@ class ReceiveSlots:
                 f"{what}: the listener is receiving {self._count} requests "
                 f"(limit {self.total}, --max-calls); try again shortly",
             )
-        slot = Slot(key, asyncio.current_task())
+        if evict is None:
+            task = asyncio.current_task()
+            evict = task.cancel if task is not None else None
+        slot = Slot(key, evict)
         self._by_key.setdefault(key, []).append(slot)
         self._count += 1
         return slot
@@ -88,13 +93,13 @@ class ReceiveSlots:
     def _evict_oldest(self, key: Hashable, evicted: str, refused: str) -> None:
         slots = self._by_key[key]
         oldest = min(slots, key=lambda s: s.since)
-        if time.monotonic() - oldest.since < self.grace or oldest.task is None:
+        if time.monotonic() - oldest.since < self.grace or oldest.evict is None:
             self.refused += 1
             raise Refused(refused)
         self.leave(oldest)
         oldest.evicted = evicted
         self.evictions += 1
-        oldest.task.cancel()
+        oldest.evict()
 
     def leave(self, slot: Slot) -> None:
         """The call's request is complete, or the call ended (idempotent)."""

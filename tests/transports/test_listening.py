@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from transports._accept import accept_loop
+from transports._relay import Relay
 from transports.unix import UnixTransport
 from transports.virtio_mock.device import VirtioMockListener
-from transports._relay import Relay
 from vaccel_core.errors import RemoteError
 from vaccel_core.transport import Address, TransportOptions
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from transports._relay import Relay
 from transports.vsock import (
     CID_ANY,
     PORT_ANY,
@@ -29,7 +30,6 @@ from transports.vsock import (
     hybrid_vsock_path,
 )
 from transports.vsock.address import local_cid, unavailable_reason
-from transports._relay import Relay
 from vaccel_core.errors import InvalidArgumentError, RemoteError
 from vaccel_core.transport import Address, Message, TransportOptions
 

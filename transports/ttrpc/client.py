@@ -29,6 +29,8 @@ from vaccel_core.transport import Buffer, CallError, Channel, Message, Transport
 from .. import grpc_framing
 from . import wire
 
+#: Answers to :meth:`TtrpcChannel.hello` that refuse this client (others prove a server).
+REFUSALS = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "UNAVAILABLE"})
 #: gRPC's limit on one message; the ttrpc limit follows the same setting.
 MAX_LIMIT = (1 << 31) - 1
 
@@ -70,6 +72,10 @@ class TtrpcChannel(Channel):
             ((wire.TOKEN_KEY, bearer(options.token)),) if options.token else ()
         )
         self._ids = itertools.count(1, 2)
+        #: Request fields that are the same on every call of a method, by (service, method).
+        self._prefixes: dict[tuple[str, str], bytes] = {}
+        #: Threads sleeping in ``_changed.wait`` (nobody to notify: no notify call).
+        self._sleepers = 0
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._send_lock = threading.Lock()
@@ -131,6 +137,11 @@ class TtrpcChannel(Channel):
             raise RemoteError(
                 f"cannot attach to the vAccel agent at {self.address}: {exc.message}"
             ) from None
+        except CallError as exc:
+            if exc.status in REFUSALS:
+                self.close()
+                raise
+            # It answered (a server that does not know GetStatus, say): it speaks ttrpc.
         except BaseException:
             self.close()
             raise
@@ -170,22 +181,22 @@ class TtrpcChannel(Channel):
             raise RemoteError(f"{method}: the channel to {self.address} is closed")
         if self._lost is not None:
             raise self._lost_error(method)
-        grpc_framing.check_size(request, self._limit, f"{method}: request")
+        if request.buffers or len(request.payload) > self._limit:
+            grpc_framing.check_size(request, self._limit, f"{method}: request")
         deadline = None if timeout is None else time.monotonic() + timeout
-        envelope = wire.Request(
-            service=service,
-            method=method,
-            payload=bytes(request.payload),
-            timeout_nano=int(timeout * 1e9) if timeout is not None else 0,
+        key = (service, method)
+        prefix = self._prefixes.get(key) if not metadata else None
+        if prefix is None:
+            prefix = wire.request_prefix(service, method, (*self._metadata, *metadata))
+            if not metadata and len(self._prefixes) < 256:
+                self._prefixes[key] = prefix
+        body = wire.request_body(
+            prefix, request.payload, int(timeout * 1e9) if timeout is not None else 0
         )
-        for key, value in (*self._metadata, *metadata):
-            envelope.metadata.add(key=key, value=value)
-        body = envelope.SerializeToString()
         waiter = _Waiter(method)
         with self._send_lock:
             stream = next(self._ids)  # taken here: ids must reach the agent in order
-            with self._lock:
-                self._waiting[stream] = waiter
+            self._waiting[stream] = waiter  # (one dict operation: atomic)
             try:
                 self._send(stream, body, request.buffers)
             except OSError as exc:
@@ -221,7 +232,11 @@ class TtrpcChannel(Channel):
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         break
-                    self._changed.wait(left)
+                    self._sleepers += 1
+                    try:
+                        self._changed.wait(left)
+                    finally:
+                        self._sleepers -= 1
                 if waiter.done:
                     return
                 if self._lost is not None or self._closed:
@@ -240,7 +255,8 @@ class TtrpcChannel(Channel):
             finally:
                 with self._lock:
                     self._reading = False
-                    self._changed.notify_all()
+                    if self._sleepers:
+                        self._changed.notify_all()
             if waiter.done:
                 return
 
@@ -275,8 +291,7 @@ class TtrpcChannel(Channel):
 
     def _dispatch(self, head: wire.Header) -> None:
         reader = self._reader
-        with self._lock:
-            waiter = self._waiting.get(head.stream)
+        waiter = self._waiting.get(head.stream)  # one dict operation: atomic
         if waiter is None or (waiter.refused is not None and head.type == wire.TYPE_DATA):
             # The reply to a call that gave up waiting, or the rest of a refused one.
             reader.skip(head.length)
@@ -301,18 +316,23 @@ class TtrpcChannel(Channel):
         if head.type != wire.TYPE_RESPONSE:
             reader.skip(head.length)
             return
-        try:
-            response = wire.Response.FromString(reader.read(head.length))
-        except Exception:
-            raise wire.ProtocolError("the agent sent a malformed ttrpc Response") from None
-        waiter.status = response.status if response.HasField("status") else None
-        waiter.payload = response.payload
+        data = reader.read(head.length)
+        payload = wire.ok_payload(data)
+        if payload is None:
+            try:
+                response = wire.Response.FromString(data)
+            except Exception:
+                raise wire.ProtocolError("the agent sent a malformed ttrpc Response") from None
+            waiter.status = response.status if response.HasField("status") else None
+            payload = response.payload
+        waiter.payload = payload
         if waiter.refused is None and waiter.incoming is not None and not waiter.incoming.complete:
             raise wire.ProtocolError("the agent's reply ended short of its announced buffers")
         with self._lock:
             self._waiting.pop(head.stream, None)
             waiter.done = True
-            self._changed.notify_all()
+            if self._sleepers:
+                self._changed.notify_all()
 
     # Errors --------------------------------------------------------------------------------
     def _lost_error(self, method: str) -> RemoteError:

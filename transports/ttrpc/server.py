@@ -49,6 +49,7 @@ from vaccel_core.transport import CallError, Handler, Message, Peer, TransportOp
 
 from .. import grpc_framing
 from .._failures import call_failure
+from .._receiving import ReceiveSlots, Refused, Slot
 from . import wire
 
 logger = _vaccel_logger.getChild("ttrpc")
@@ -57,6 +58,8 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 SERVING, NOT_SERVING = 1, 2
 #: Methods of the agent's service that have no meaning over ttrpc.
 GRPC_ONLY = {"Attach": "over ttrpc the connection itself is the client: no Attach stream is needed"}
+#: Replies smaller than this are joined into one buffer to send (cheaper than a vector).
+SMALL_REPLY = 64 << 10
 #: gRPC's limit on one message; the ttrpc limit follows the same setting.
 MAX_LIMIT = (1 << 31) - 1
 
@@ -79,6 +82,9 @@ class _Call:
     admin: bool
     authorized: bool = True
     incoming: wire.Incoming | None = None
+    #: While its buffers are being received: its receiving slot and when they must be in.
+    slot: Slot | None = None
+    receive_by: float = 0.0
 
 
 class TtrpcServer:
@@ -93,15 +99,13 @@ class TtrpcServer:
         self.admin_token = options.admin_token
         self.max_clients = max(1, int(options.max_clients))
         self.max_streams = max(1, int(options.max_streams))
-        self.max_receiving = max(1, int(options.max_calls))
-        self.max_client_receiving = max(1, int(options.max_client_calls))
+        #: Requests receiving their out-of-band buffers, per client and in all (with
+        #: eviction of the slowest, as on gRPC); used under ``lock``.
+        self.slots = ReceiveSlots(int(options.max_calls), int(options.max_client_calls))
         self.receive_timeout = max(0.1, float(options.receive_timeout))
         self.handshake_timeout = max(0.1, float(options.handshake_timeout))
         self.lock = threading.Lock()
-        self._idle = threading.Condition(self.lock)
         self.connections: set[_Connection] = set()
-        self.receiving = 0
-        self._running = 0
         self.serving = True
         self.stopping = False
         self._watcher = _Watcher()
@@ -125,26 +129,11 @@ class TtrpcServer:
         ).start()
 
     # Calls ---------------------------------------------------------------------------------
-    def enter(self) -> bool:
-        """A call starts running: False when the agent is stopping (it is refused)."""
-        with self.lock:
-            if self.stopping:
-                return False
-            self._running += 1
-            return True
-
-    def leave(self) -> None:
-        """A call entered with :meth:`enter` has ended (its reply sent)."""
-        with self.lock:
-            self._running -= 1
-            if not self._running:
-                self._idle.notify_all()
-
-    def run(self, conn: _Connection, call: _Call, admitted: bool) -> list[Any]:
+    def run(self, conn: _Connection, call: _Call) -> list[Any]:
         """Serve one complete call; the frames of its reply (never raises)."""
         name = call.method if len(call.method) <= 64 else clip(call.method)
         try:
-            if not admitted:
+            if self.stopping:
                 raise CallError(
                     "UNAVAILABLE", f"{name}: the agent is stopping", code=errno.EREMOTEIO
                 )
@@ -232,20 +221,27 @@ class TtrpcServer:
         with self.lock:
             self.stopping = True
             self.serving = False
-            while self._running:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    logger.warning(
-                        "%s: in-flight calls did not finish within %.1f s", self.address, grace
-                    )
-                    break
-                self._idle.wait(left)
+        # Polled: stopping is rare, and calls then need no bookkeeping for it.
+        while self.running_calls():
+            if time.monotonic() >= deadline:
+                logger.warning(
+                    "%s: in-flight calls did not finish within %.1f s", self.address, grace
+                )
+                break
+            time.sleep(0.01)
+        with self.lock:
             connections = list(self.connections)
         for conn in connections:
             conn.shut()
         for conn in connections:
             conn.ended.wait(max(deadline - time.monotonic(), 0.0) + 1.0)
         self._watcher.close()
+
+    def running_calls(self) -> int:
+        """Calls running (or sending their reply) now."""
+        with self.lock:
+            connections = list(self.connections)
+        return sum(conn.running for conn in connections)
 
     def forget(self, conn: _Connection) -> None:
         with self.lock:
@@ -257,12 +253,18 @@ def failure_frame(stream: int, exc: CallError) -> bytes:
     return wire.HEADER.pack(len(body), stream, wire.TYPE_RESPONSE, 0) + body
 
 
+def _drop_buffers(call: _Call) -> None:
+    """Evicted: its partial buffers go now (its reader answers at the stream's next frame)."""
+    call.incoming = None
+
+
 class _Connection:
     """One client: its socket, its reader role, its calls."""
 
     def __init__(self, server: TtrpcServer, sock: socket.socket, description: str) -> None:
         self.server = server
         self.sock = sock
+        self.fd = sock.fileno()
         self.reader = wire.FrameReader(sock, server.frame_limit, server.receive_timeout)
         self.peer = Peer(f"client-{secrets.token_hex(6)}", description)
         self.lock = threading.Lock()
@@ -275,7 +277,9 @@ class _Connection:
         self._receiving: dict[int, _Call] = {}
         self._dropped: set[int] = set()  # refused streams whose Data frames are skipped
         # A client that stops reading its replies blocks our writes: bounded by the kernel.
-        timeout = struct.pack("ll", int(server.receive_timeout), 0)
+        seconds = int(server.receive_timeout)
+        usec = int((server.receive_timeout - seconds) * 1e6)
+        timeout = struct.pack("ll", seconds, usec)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
 
@@ -337,7 +341,9 @@ class _Connection:
         server._watcher.unregister(self)
         server.forget(self)
         with server.lock:
-            server.receiving -= len(self._receiving)
+            for call in self._receiving.values():
+                if call.slot is not None:
+                    server.slots.leave(call.slot)
         self._receiving.clear()
         try:
             server._handler.peer_disconnected(self.peer)
@@ -444,28 +450,25 @@ class _Connection:
             return None
         if not head.flags & wire.FLAG_REMOTE_OPEN:
             return call
-        refusal = self._admit_receiving(request.method)
-        if refusal:
-            self._fail(stream, "RESOURCE_EXHAUSTED", refusal)
+        name = clip(request.method) if len(request.method) > 64 else request.method
+        if len(self._receiving) >= server.slots.per_key:
+            self._fail(
+                stream,
+                "RESOURCE_EXHAUSTED",
+                f"{name}: this client already has {len(self._receiving)} requests being "
+                f"received (limit {server.slots.per_key}, --max-client-calls)",
+            )
             self._dropped.add(stream)
             return None
+        try:
+            with server.lock:
+                call.slot = server.slots.enter(self.peer.id, name, lambda: _drop_buffers(call))
+        except Refused as exc:
+            self._fail(stream, "RESOURCE_EXHAUSTED", str(exc))
+            self._dropped.add(stream)
+            return None
+        call.receive_by = time.monotonic() + server.receive_timeout
         self._receiving[stream] = call
-        return None
-
-    def _admit_receiving(self, method: str) -> str | None:
-        server = self.server
-        if len(self._receiving) >= server.max_client_receiving:
-            return (
-                f"{clip(method)}: this client already has {len(self._receiving)} requests being "
-                f"received (limit {server.max_client_receiving}, --max-client-calls)"
-            )
-        with server.lock:
-            if server.receiving >= server.max_receiving:
-                return (
-                    f"{clip(method)}: the listener is receiving {server.receiving} requests "
-                    f"(limit {server.max_receiving}, --max-calls); try again shortly"
-                )
-            server.receiving += 1
         return None
 
     def _data(self, head: wire.Header) -> _Call | None:
@@ -475,7 +478,14 @@ class _Connection:
             self.reader.skip(head.length)
             self._fail(stream, "INVALID_ARGUMENT", f"stream {stream} is not receiving data")
             return None
-        if call.incoming is None:
+        incoming = call.incoming  # read before the eviction check: eviction drops it
+        refusal = self._receive_refusal(call)
+        if refusal is not None:
+            self.reader.skip(head.length)
+            self._stop_receiving(stream, head.flags)
+            self._send([failure_frame(stream, refusal)])
+            return None
+        if incoming is None:
             # The first Data frame announces the buffers' sizes.
             data = self.reader.read(head.length)
             try:
@@ -484,13 +494,13 @@ class _Connection:
                 self._stop_receiving(stream, head.flags)
                 self._send([failure_frame(stream, exc)])
                 return None
-            call.incoming = wire.Incoming(sizes)
+            incoming = call.incoming = wire.Incoming(sizes)
         else:
-            call.incoming.fill(self.reader, head.length)
+            incoming.fill(self.reader, head.length)
         if not head.flags & wire.FLAG_REMOTE_CLOSED:
             return None
         self._stop_receiving(stream, head.flags)
-        if not call.incoming.complete:
+        if not incoming.complete:
             self._fail(
                 stream,
                 "INVALID_ARGUMENT",
@@ -499,15 +509,30 @@ class _Connection:
             return None
         return call
 
+    def _receive_refusal(self, call: _Call) -> CallError | None:
+        """Why a request still receiving its buffers is dropped now: evicted by another
+        client's request, or past ``--receive-timeout`` since its Request frame."""
+        if call.slot is not None and call.slot.evicted is not None:
+            return CallError("RESOURCE_EXHAUSTED", call.slot.evicted, code=errno.ENOMEM)
+        if time.monotonic() > call.receive_by:
+            return CallError(
+                "DEADLINE_EXCEEDED",
+                f"{call.method}: the request did not arrive within "
+                f"{self.server.receive_timeout:g} s of its headers (--receive-timeout)",
+                code=errno.ETIMEDOUT,
+            )
+        return None
+
     def _skip_dropped(self, head: wire.Header) -> None:
         self.reader.skip(head.length)
         if head.flags & wire.FLAG_REMOTE_CLOSED:
             self._dropped.discard(head.stream)
 
     def _stop_receiving(self, stream: int, flags: int) -> None:
-        self._receiving.pop(stream, None)
-        with self.server.lock:
-            self.server.receiving -= 1
+        call = self._receiving.pop(stream, None)
+        if call is not None and call.slot is not None:
+            with self.server.lock:
+                self.server.slots.leave(call.slot)
         if not flags & wire.FLAG_REMOTE_CLOSED:
             self._dropped.add(stream)
 
@@ -523,13 +548,18 @@ class _Connection:
         server = self.server
         watcher = server._watcher
         with self.lock:
-            self.reading = False
             self.running += 1
-            watcher.arm(self)
-        admitted = server.enter()
+            # More frames already read from the socket (the watcher cannot see them): they
+            # get a reader of their own at once; otherwise the watcher starts one if needed.
+            handover = self.reader.buffered > 0
+            if not handover:
+                self.reading = False
+                watcher.arm(self)
+        if handover:
+            self._start_reader()
         keep_reading = False
         try:
-            frames = server.run(self, call, admitted)
+            frames = server.run(self, call)
             # Back to reading before replying: the client's next request may come the moment
             # it has the reply, and this thread (not a new one) should read it.
             with self.lock:
@@ -543,8 +573,6 @@ class _Connection:
                 logger.info("client %s: cannot send a reply: %s", self.peer.id, exc)
                 self.shut()
         finally:
-            if admitted:
-                server.leave()
             with self.lock:
                 self.running -= 1
                 last = self.closed and self.running == 0 and not self.reading
@@ -558,11 +586,25 @@ class _Connection:
             if self.reading or self.closed:
                 return
             self.reading = True
-        threading.Thread(target=self.read_loop, name="vaccel-ttrpc-reader", daemon=True).start()
+        self._start_reader()
+
+    def _start_reader(self) -> None:
+        """A new thread takes the reader role (already marked taken)."""
+        try:
+            threading.Thread(target=self.read_loop, name="vaccel-ttrpc-reader", daemon=True).start()
+        except RuntimeError:  # out of threads: this connection cannot go on
+            logger.warning("client %s: no thread to read its calls; closing", self.peer.id)
+            self._end_reading()
 
     def _send(self, frames: list[Any]) -> None:
         with self._write_lock:
-            wire.send_all(self.sock, frames)
+            if len(frames) == 2 and len(frames[1]) < SMALL_REPLY:
+                self.sock.sendall(frames[0] + frames[1])  # one small Response: one call
+            else:
+                wire.send_all(self.sock, frames)
+
+
+_ARMED = select.EPOLLIN | select.EPOLLONESHOT
 
 
 class _Watcher:
@@ -596,13 +638,18 @@ class _Watcher:
                 with contextlib.suppress(OSError):
                     self._epoll.unregister(fd)
 
+    # try/except, not contextlib.suppress: these run twice per call.
     def arm(self, conn: _Connection) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._epoll.modify(conn.sock.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
+        try:  # noqa: SIM105
+            self._epoll.modify(conn.fd, _ARMED)
+        except (OSError, ValueError):
+            pass  # the connection is closing
 
     def disarm(self, conn: _Connection) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._epoll.modify(conn.sock.fileno(), select.EPOLLONESHOT)
+        try:  # noqa: SIM105
+            self._epoll.modify(conn.fd, select.EPOLLONESHOT)
+        except (OSError, ValueError):
+            pass
 
     def _loop(self) -> None:
         stop = self._stop_r.fileno()

@@ -217,12 +217,55 @@ def frame(stream: int, kind: int, flags: int, data: bytes) -> bytes:
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_SMALL = [bytes((i,)) for i in range(0x80)]
+
+
+def request_prefix(service: str, method: str, metadata: Sequence[tuple[str, str]]) -> bytes:
+    """The fields of a ``Request`` that are the same on every call of a method: service,
+    method and metadata (:func:`request_body` adds the rest)."""
+    request = Request(service=service, method=method)
+    for key, value in metadata:
+        request.metadata.add(key=key, value=value)
+    return bytes(request.SerializeToString())
+
+
+def request_body(prefix: bytes, payload: Buffer, timeout_nano: int) -> bytes:
+    """A ``Request`` from its :func:`request_prefix`, payload and timeout: the bytes protobuf
+    would write, in another field order (which protobuf parsers accept); on every call's
+    path, so encoded by hand (a test compares it with protobuf's)."""
+    n = memoryview(payload).nbytes
+    tail = b"\x20" + _varint(timeout_nano) if timeout_nano > 0 else b""
+    if not n:
+        return prefix + tail
+    return b"".join((prefix, b"\x1a", _varint(n), payload, tail))
+
+
+def ok_payload(data: bytes) -> bytes | None:
+    """The payload of a successful ``Response`` as our agent and containerd's servers write it
+    (an empty status, then the payload), or None for anything else (parse it with protobuf)."""
+    if data == b"\x0a\x00":
+        return b""
+    if data[:3] != b"\x0a\x00\x12":
+        return None
+    n, shift, pos = 0, 0, 3
+    while pos < len(data) and shift < 35:
+        byte = data[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return data[pos:] if pos + n == len(data) else None
+        shift += 7
+    return None
 
 
 def ok_response(stream: int, payload: Buffer) -> list[Buffer]:
@@ -363,17 +406,24 @@ class FrameReader:
         return self._end - self._start
 
     def _recv(self, into: memoryview, deadline: float | None, started: bool) -> int:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._poll.poll(left * 1000.0):
-                raise FrameTimeout
-        try:
-            n = self.sock.recv_into(into)
-        except (ConnectionResetError, BrokenPipeError):
-            raise ConnectionClosed(not started) from None
-        if not n:
-            raise ConnectionClosed(not started)
-        return n
+        while True:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._poll.poll(left * 1000.0):
+                    raise FrameTimeout
+            try:
+                n = self.sock.recv_into(into)
+            except BlockingIOError:
+                # The kernel's receive timeout, left from an earlier wait (_first_bytes):
+                # wait for the bytes here instead.
+                if deadline is None:
+                    self._poll.poll()
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                raise ConnectionClosed(not started) from None
+            if not n:
+                raise ConnectionClosed(not started)
+            return n
 
     def _started(self) -> None:
         """The current frame's first byte is in: its deadline starts."""
@@ -434,6 +484,11 @@ class FrameReader:
         """The next frame's header; ``deadline`` bounds the wait for it. Raises
         ConnectionClosed(clean=True) at the end of the stream."""
         self._deadline = None
+        start = self._start
+        if self._end - start >= HEADER_BYTES:  # already here: no wait, no deadline yet
+            self._start = start + HEADER_BYTES
+            self._started()
+            return Header._make(HEADER.unpack_from(self._buf, start))
         if deadline is not None and self._end == self._start:
             self._first_bytes(deadline)
         self._fill(HEADER_BYTES, deadline)
