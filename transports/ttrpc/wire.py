@@ -274,6 +274,8 @@ def ok_response(stream: int, payload: Buffer) -> list[Buffer]:
     (the same bytes protobuf writes; a test compares them)."""
     view = memoryview(payload)
     n = view.nbytes
+    if not n:  # proto3 writes no empty bytes field
+        return [HEADER.pack(2, stream, TYPE_RESPONSE, 0) + b"\x0a\x00", b""]
     body_head = b"\x0a\x00\x12" + _varint(n)  # status (empty = OK), then the payload field
     return [HEADER.pack(len(body_head) + n, stream, TYPE_RESPONSE, 0) + body_head, view]
 
