@@ -63,6 +63,7 @@ class TtrpcChannel(Channel):
         #: The agent names clients by connection; it does not tell them the name.
         self.peer_id = ""
         sock.settimeout(None)
+        wire.widen_send_buffer(sock)
         self._sock = sock
         self._limit = max(1024, min(int(options.max_message_bytes), MAX_LIMIT))
         self._reader = wire.FrameReader(

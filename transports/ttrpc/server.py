@@ -282,6 +282,7 @@ class _Connection:
         timeout = struct.pack("ll", seconds, usec)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
+        wire.widen_send_buffer(sock)
 
     # Lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -344,6 +345,7 @@ class _Connection:
             for call in self._receiving.values():
                 if call.slot is not None:
                     server.slots.leave(call.slot)
+                    call.slot = None
         self._receiving.clear()
         try:
             server._handler.peer_disconnected(self.peer)
@@ -533,6 +535,7 @@ class _Connection:
         if call is not None and call.slot is not None:
             with self.server.lock:
                 self.server.slots.leave(call.slot)
+            call.slot = None  # (it refers back to the call: no cycle left to hold the buffers)
         if not flags & wire.FLAG_REMOTE_CLOSED:
             self._dropped.add(stream)
 
