@@ -95,6 +95,8 @@ def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
 
 def decode(data: Buffer) -> Message:
     """Split a received frame into payload and buffers (memoryview slices, no copy)."""
+    if isinstance(data, bytes) and data[:1] != _TAG[:1]:
+        return Message(data)  # no buffers (the common case, on every call's path)
     view = memoryview(data)
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")

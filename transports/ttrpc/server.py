@@ -199,7 +199,8 @@ class TtrpcServer:
         return bytes(wire.HealthCheckResponse(status=status).SerializeToString())
 
     def _reply_frames(self, call: _Call, reply: Message, name: str) -> list[Any]:
-        grpc_framing.check_size(reply, self.limit, f"{name}: the agent's reply")
+        if reply.buffers or len(reply.payload) > self.limit:
+            grpc_framing.check_size(reply, self.limit, f"{name}: the agent's reply")
         frames: list[Any] = []
         if reply.buffers and call.flags & (wire.FLAG_REMOTE_CLOSED | wire.FLAG_REMOTE_OPEN):
             # Our client: the buffers go as Data frames, straight from the reply's memory.
