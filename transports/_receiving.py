@@ -110,3 +110,14 @@ class ReceiveSlots:
         self._count -= 1
         if not slots:
             del self._by_key[slot.key]
+
+    def expire(self, started_before: float, why: str) -> int:
+        """Evict every call receiving since before ``started_before`` (a monotonic time),
+        saying ``why``; how many. For listeners whose calls cannot time out by themselves."""
+        stale = [s for slots in self._by_key.values() for s in slots if s.since < started_before]
+        for slot in stale:
+            self.leave(slot)
+            slot.evicted = why
+            if slot.evict is not None:
+                slot.evict()
+        return len(stale)

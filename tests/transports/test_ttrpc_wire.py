@@ -772,3 +772,24 @@ def test_another_connection_cannot_use_a_sessions_id(agent: AgentProcess) -> Non
     finally:
         owner.close()
         other.close()
+
+
+def test_a_request_quiet_between_frames_loses_its_slot_and_buffers(serve: Any) -> None:
+    """A request that goes quiet between two of its frames (no byte arrives, so nothing wakes
+    its reader) still loses its receiving slot and its buffers after --receive-timeout: the
+    listener sweeps such requests once a second. Another client's request then gets the slot,
+    and the stalled stream is answered DEADLINE_EXCEEDED when it speaks again."""
+    served = serve(max_calls=1, max_client_calls=1, receive_timeout=0.5)
+    slots = served.listener.ttrpc.slots
+    raw = served.raw()
+    raw.request(1, "Echo", flags=REMOTE_OPEN)
+    raw.send(1, DATA, 0, _sizes(20_000))
+    raw.send(1, DATA, 0, bytes(1000))  # then nothing more
+    wait_until(lambda: len(slots) == 1, 2, "the stalled request holds the only slot")
+    wait_until(lambda: len(slots) == 0, 3, "the stalled request's slot is taken back")
+    assert slots.evictions == 0 and slots.refused == 0
+    reply = served.healthy.call("Echo", Message(b"", [b"mine"]), 5)
+    assert [bytes(b) for b in reply.buffers] == [b"mine"]
+    raw.send(1, DATA, 0, bytes(10))
+    raw.expect(1, DEADLINE_EXCEEDED, "did not arrive within 0.5 s", "--receive-timeout")
+    raw.echo(3)

@@ -108,7 +108,7 @@ class TtrpcServer:
         self.connections: set[_Connection] = set()
         self.serving = True
         self.stopping = False
-        self._watcher = _Watcher()
+        self._watcher = _Watcher(self)
         self._numbers = itertools.count(1)
 
     @property
@@ -237,6 +237,21 @@ class TtrpcServer:
         for conn in connections:
             conn.ended.wait(max(deadline - time.monotonic(), 0.0) + 1.0)
         self._watcher.close()
+
+    def expire_receiving(self) -> None:
+        """Requests receiving their buffers for longer than ``--receive-timeout`` lose their
+        slot and their buffers now; their reader answers DEADLINE_EXCEEDED at their next
+        frame."""
+        with self.lock:
+            if not len(self.slots):
+                return
+            expired = self.slots.expire(
+                time.monotonic() - self.receive_timeout,
+                f"the request did not arrive within {self.receive_timeout:g} s of its headers "
+                f"(--receive-timeout)",
+            )
+        if expired:
+            logger.info("%s: dropped %d requests that stopped arriving", self.address, expired)
 
     def running_calls(self) -> int:
         """Calls running (or sending their reply) now."""
@@ -515,8 +530,6 @@ class _Connection:
     def _receive_refusal(self, call: _Call) -> CallError | None:
         """Why a request still receiving its buffers is dropped now: evicted by another
         client's request, or past ``--receive-timeout`` since its Request frame."""
-        if call.slot is not None and call.slot.evicted is not None:
-            return CallError("RESOURCE_EXHAUSTED", call.slot.evicted, code=errno.ENOMEM)
         if time.monotonic() > call.receive_by:
             return CallError(
                 "DEADLINE_EXCEEDED",
@@ -524,6 +537,8 @@ class _Connection:
                 f"{self.server.receive_timeout:g} s of its headers (--receive-timeout)",
                 code=errno.ETIMEDOUT,
             )
+        if call.slot is not None and call.slot.evicted is not None:
+            return CallError("RESOURCE_EXHAUSTED", call.slot.evicted, code=errno.ENOMEM)
         return None
 
     def _skip_dropped(self, head: wire.Header) -> None:
@@ -609,13 +624,18 @@ class _Connection:
 
 
 _ARMED = select.EPOLLIN | select.EPOLLONESHOT
+#: How often the watcher looks for requests that stopped arriving.
+SWEEP_SECONDS = 1.0
 
 
 class _Watcher:
     """One epoll thread that starts a reader for a connection whose input arrives while its
-    reader is busy running a call (EPOLLONESHOT: armed per call)."""
+    reader is busy running a call (EPOLLONESHOT: armed per call), and once a second ends the
+    requests that are still receiving their buffers past ``--receive-timeout`` (a client that
+    goes quiet between two frames is never woken by its socket)."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: TtrpcServer) -> None:
+        self._server = server
         self._epoll = select.epoll()
         self._by_fd: dict[int, _Connection] = {}
         self._lock = threading.Lock()
@@ -658,8 +678,9 @@ class _Watcher:
     def _loop(self) -> None:
         stop = self._stop_r.fileno()
         while True:
+            self._server.expire_receiving()
             try:
-                events = self._epoll.poll()
+                events = self._epoll.poll(SWEEP_SECONDS)
             except InterruptedError:
                 continue
             except (OSError, ValueError):
