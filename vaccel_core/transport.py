@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import errno
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -168,6 +168,29 @@ class Handler(Protocol):
     def peer_disconnected(self, peer: Peer) -> None:
         """The client's connection went away: the agent releases what it owned."""
         ...
+
+
+#: A whole ttrpc service besides the agent's own: ``(method, payload, peer) -> reply payload``.
+#: It raises CallError for a failed call, or :class:`StatusError` to choose the exact status.
+RawService = Callable[[str, bytes, Peer], bytes]
+
+
+class StatusError(Exception):
+    """A failed call of a :data:`RawService` with exactly this status: a gRPC code number, a
+    message and details as (type URL, bytes) pairs (another protocol's error form)."""
+
+    def __init__(self, code: int, message: str, details: Sequence[tuple[str, bytes]] = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = tuple(details)
+
+
+def extra_services(handler: Handler) -> Mapping[str, RawService]:
+    """The services a handler serves over ttrpc besides the agent's (its ``services``
+    attribute: full service name -> :data:`RawService`), e.g. upstream vAccel's."""
+    services: Mapping[str, RawService] = getattr(handler, "services", None) or {}
+    return services
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,15 @@ from vaccel_core.auth import token_matches
 from vaccel_core.errors import clip
 from vaccel_core.log import logger as _vaccel_logger
 from vaccel_core.proto import SERVICE_NAME
-from vaccel_core.transport import CallError, Handler, Message, Peer, TransportOptions
+from vaccel_core.transport import (
+    CallError,
+    Handler,
+    Message,
+    Peer,
+    StatusError,
+    TransportOptions,
+    extra_services,
+)
 
 from .. import grpc_framing
 from .._failures import call_failure
@@ -109,6 +117,8 @@ class TtrpcServer:
         self.serving = True
         self.stopping = False
         self._watcher = _Watcher(self)
+        #: Other services of the handler (e.g. upstream vAccel's), by full name.
+        self._services = dict(extra_services(handler))
         self._numbers = itertools.count(1)
 
     @property
@@ -147,25 +157,26 @@ class TtrpcServer:
                 reply = self._agent_call(conn, call, name)
             elif call.service == HEALTH_SERVICE:
                 reply = Message(self._health(call, name))
+            elif call.service in self._services:
+                if not call.authorized:
+                    raise self._unauthenticated(name)
+                reply = Message(self._services[call.service](call.method, call.payload, conn.peer))
             else:
+                known = ", ".join((SERVICE_NAME, HEALTH_SERVICE, *self._services))
                 raise CallError(
                     "UNIMPLEMENTED",
-                    f"service {clip(call.service)} is not served here (known: "
-                    f"{SERVICE_NAME}, {HEALTH_SERVICE})",
+                    f"service {clip(call.service)} is not served here (known: {known})",
                     code=errno.ENOTSUP,
                 )
             return self._reply_frames(call, reply, name)
+        except StatusError as exc:  # a service that speaks another protocol's error form
+            return [status_frame(call.stream, exc)]
         except BaseException as exc:  # the call fails, the connection goes on
             return [failure_frame(call.stream, call_failure(name, exc))]
 
     def _agent_call(self, conn: _Connection, call: _Call, name: str) -> Message:
         if not call.authorized:
-            raise CallError(
-                "UNAUTHENTICATED",
-                f"{name}: missing or wrong token (send metadata 'authorization: Bearer "
-                f"<token>'; clients: VACCEL_RPC_TOKEN_FILE)",
-                code=errno.EACCES,
-            )
+            raise self._unauthenticated(name)
         why = GRPC_ONLY.get(call.method)
         if why is not None:
             raise CallError("UNIMPLEMENTED", f"{name}: {why}", code=errno.ENOTSUP)
@@ -175,6 +186,15 @@ class TtrpcServer:
             request = grpc_framing.decode(call.payload)
         peer = replace(conn.peer, admin=True) if call.admin else conn.peer
         return self._handler.handle(call.method, request, peer)
+
+    @staticmethod
+    def _unauthenticated(name: str) -> CallError:
+        return CallError(
+            "UNAUTHENTICATED",
+            f"{name}: missing or wrong token (send metadata 'authorization: Bearer "
+            f"<token>'; clients: VACCEL_RPC_TOKEN_FILE)",
+            code=errno.EACCES,
+        )
 
     def _health(self, call: _Call, name: str) -> bytes:
         if call.method != "Check":
@@ -262,6 +282,14 @@ class TtrpcServer:
     def forget(self, conn: _Connection) -> None:
         with self.lock:
             self.connections.discard(conn)
+
+
+def status_frame(stream: int, exc: StatusError) -> bytes:
+    status = wire.Status(code=exc.code, message=exc.message)
+    for type_url, value in exc.details:
+        status.details.add(type_url=type_url, value=value)
+    body = wire.Response(status=status).SerializeToString()
+    return wire.HEADER.pack(len(body), stream, wire.TYPE_RESPONSE, 0) + body
 
 
 def failure_frame(stream: int, exc: CallError) -> bytes:
