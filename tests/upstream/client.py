@@ -156,6 +156,10 @@ class UpstreamClient:
         request = self.pb.torch.ModelLoadRequest(session_id=session_id, model_id=model_id)
         self.rpc("TorchModelLoad", request, self.pb.empty.Empty)
 
+    def tflite_model_load(self, session_id: int, model_id: int) -> None:
+        request = self.pb.tflite.ModelLoadRequest(session_id=session_id, model_id=model_id)
+        self.rpc("TensorflowLiteModelLoad", request, self.pb.empty.Empty)
+
     def tf_model_load(self, session_id: int, model_id: int) -> Any:
         request = self.pb.tf.ModelLoadRequest(session_id=session_id, model_id=model_id)
         return self.rpc("TensorflowModelLoad", request, self.pb.tf.ModelLoadResponse)

@@ -43,7 +43,7 @@ from .pipe import ChannelPipe, RawPipe, UpstreamError
 
 pytestmark = pytest.mark.timeout(120)
 
-EINVAL, ENOTSUP = errno.EINVAL, errno.ENOTSUP
+EINVAL, ENOTSUP, EPERM = errno.EINVAL, errno.ENOTSUP, errno.EPERM
 
 
 # Fixtures ----------------------------------------------------------------------------------------
@@ -232,9 +232,8 @@ def test_classify_genop_truncates_like_snprintf(
     tags, imgname = ours.classify(image)
     _text, _name, out = guest.classify(session, image, text_size=8, name_size=4)
     assert [len(a.buf) for a in out] == [4, 8]
-    assert bytes(out[1].buf) == tags.encode()[:7] + b"\0"
-    assert bytes(out[0].buf)[: min(3, len(imgname))] == imgname.encode()[:3]
-    assert b"\0" in bytes(out[0].buf)
+    assert bytes(out[1].buf) == (tags.encode()[:7] + b"\0").ljust(8, b"\0")
+    assert bytes(out[0].buf) == (imgname.encode()[:3] + b"\0").ljust(4, b"\0")
 
 
 # Sgemm, minmax, noop -----------------------------------------------------------------------------
@@ -290,12 +289,20 @@ def test_op_no_backend_implements_is_enotsup(guest: UpstreamClient, session: int
 
 
 def test_model_rpcs_no_backend_implements(guest: UpstreamClient, session: int) -> None:
-    """Torch load: FFI ENOTSUP; TF load: FFI_WITH_STATUS ENOTSUP (vaccel-bindings); an unknown
-    model: NOT_FOUND."""
+    """Torch and TFLite load: FFI ENOTSUP; TF load: FFI_WITH_STATUS ENOTSUP (vaccel-bindings);
+    before that the C library wants a MODEL resource (EINVAL) registered with the session
+    (EPERM); an unknown model: NOT_FOUND."""
     model = guest.register_resource(session, [("model.pt", b"not really a model")], "model")
     expect(lambda: guest.torch_model_load(session, model), "INTERNAL", "FFI", ENOTSUP)
+    expect(lambda: guest.tflite_model_load(session, model), "INTERNAL", "FFI", ENOTSUP)
     expect(lambda: guest.tf_model_load(session, model), "INTERNAL", "FFI_WITH_STATUS", ENOTSUP)
     expect(lambda: guest.torch_model_load(session, 987654), "NOT_FOUND")
+    data = guest.register_resource(session, [("labels.txt", b"cat")], "data")
+    expect(lambda: guest.torch_model_load(session, data), "INTERNAL", "FFI", EINVAL)
+    other = guest.create_session()
+    expect(lambda: guest.torch_model_load(other, model), "INTERNAL", "FFI", EPERM)
+    guest.destroy_session(other)
+    guest.unregister_resource(data, session)
     guest.unregister_resource(model, session)
     still_serving(guest, session)
 
