@@ -1,5 +1,6 @@
-"""Entry point of the rpc backend (``vaccel.backends`` group). Cheap: it imports no grpc and no
-protobuf; the backend loads them when it first connects."""
+"""Entry point of the rpc backends (``vaccel.backends`` group): ``rpc`` (our agent) and
+``rpc-upstream`` (an upstream vAccel agent). Cheap: it imports no grpc and no protobuf; the
+backends load them when they first connect."""
 
 from __future__ import annotations
 
@@ -11,5 +12,7 @@ from vaccel_core import hookimpl
 @hookimpl
 def vaccel_register_backends(register: Any) -> None:
     from .backend import RpcBackend
+    from .upstream import UpstreamRpcBackend
 
     register(RpcBackend)
+    register(UpstreamRpcBackend)
