@@ -231,9 +231,7 @@ class UpstreamRpcBackend(Backend):
             )
         return remote
 
-    def _rpc(
-        self, remote: _Remote, method: str, request: Any, reply_type: Any, what: str
-    ) -> Any:
+    def _rpc(self, remote: _Remote, method: str, request: Any, reply_type: Any, what: str) -> Any:
         return self._call(
             remote.channel, remote.address, method, request, reply_type, what, self.op_timeout
         )
@@ -344,9 +342,7 @@ class UpstreamRpcBackend(Backend):
         self._rpc(
             remote,
             "UnregisterResource",
-            self.pb.resource.UnregisterRequest(
-                resource_id=remote_id, session_id=remote.session_id
-            ),
+            self.pb.resource.UnregisterRequest(resource_id=remote_id, session_id=remote.session_id),
             self.pb.empty.Empty,
             "unregister resource",
         )

@@ -61,7 +61,7 @@ def _from_detail(detail: Any, text: str, what: str, where: str) -> VaccelError:
 def _detail(details: Iterable[Any]) -> Any:
     """The ``vaccel.Error`` among a status's details, parsed, or None."""
     for item in details:
-        type_url, value = (item if isinstance(item, tuple) else (item.type_url, item.value))
+        type_url, value = item if isinstance(item, tuple) else (item.type_url, item.value)
         if not str(type_url).rpartition("/")[2].startswith("vaccel."):
             continue
         from vaccel_core.proto.upstream import upstream
