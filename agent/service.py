@@ -201,6 +201,10 @@ class AgentService:
             "SyncResource": (p.SyncResourceRequest, self._sync_resource),
             "Run": (p.OpRequest, self._run),
         }
+        from .upstream import services_for
+
+        #: Other ttrpc services on the same connections: upstream vAccel's AgentService.
+        self.services = services_for(self)
 
     # Handler -------------------------------------------------------------------------------
     def handle(self, method: str, request: Message, peer: Peer) -> Message:
