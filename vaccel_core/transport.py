@@ -110,9 +110,18 @@ class CallError(VaccelError):
     RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, ...) and an upstream
     error code."""
 
-    def __init__(self, status: str, message: str, *, code: int | None = None) -> None:
+    def __init__(
+        self,
+        status: str,
+        message: str,
+        *,
+        code: int | None = None,
+        details: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         super().__init__(message, code=code)
         self.status = status
+        #: The status details the peer sent (type URL, bytes): another protocol's error form.
+        self.details = tuple(details)
 
 
 #: The one errno -> status table (gRPC status-code names) every transport and the agent use.

@@ -63,6 +63,7 @@ def test_other_services_share_the_connection_and_choose_their_errors(tmp_path: P
         with pytest.raises(CallError) as err:
             channel.invoke("other.v1.Service", "Nope", Message(b""), 5)
         assert err.value.status == "INTERNAL" and "Nope: no such thing" in err.value.message
+        assert err.value.details == (DETAIL,)
         channel.close()
         # The details travel as given.
         raw = socket.socket(socket.AF_UNIX)

@@ -201,7 +201,12 @@ def call_error(status: Any, method: str) -> CallError:
             return CallError(parsed.status, parsed.message, code=parsed.code)
     name = status_name(status.code)
     code = {"DEADLINE_EXCEEDED": errno.ETIMEDOUT, "RESOURCE_EXHAUSTED": errno.ENOMEM}
-    return CallError(name, f"{method}: {status.message}", code=code.get(name, errno.EREMOTEIO))
+    return CallError(
+        name,
+        f"{method}: {status.message}",
+        code=code.get(name, errno.EREMOTEIO),
+        details=[(d.type_url, bytes(d.value)) for d in status.details],
+    )
 
 
 # Frames -----------------------------------------------------------------------------------------
