@@ -360,19 +360,26 @@ class Core:
         raise Failure(ENOTSUP, "no plugin implements opencv")
 
     # Model operations ------------------------------------------------------------------------
+    @staticmethod
+    def _model_checks(session: CoreSession, resource: Resource) -> None:
+        """What ``vaccel_{tf,tflite,torch}_model_*`` check before the plugin (src/ops/torch.c):
+        a MODEL resource (EINVAL), registered with the session (EPERM)."""
+        if resource.type != RESOURCE_MODEL:
+            raise Failure(EINVAL, "Invalid resource type: expected VACCEL_RESOURCE_MODEL")
+        if resource.id not in session.resources:
+            raise Failure(EPERM, f"Resource {resource.id} is not registered to {session.id}")
+
     def model_load(self, session: CoreSession, resource: Resource, framework: str) -> None:
+        self._model_checks(session, resource)
         if framework != "torch":
             raise Failure(ENOTSUP, f"no plugin implements {framework} model load")
-        if resource.type != RESOURCE_MODEL:
-            raise Failure(EINVAL, "not a model resource")
         session.loaded.add(resource.id)
 
     def torch_model_run(
         self, session: CoreSession, resource: Resource, inputs: list[tuple], nr_out: int
     ) -> list[tuple]:
         """Upstream's noop plugin: output i is a copy of input i (dims, type, data)."""
-        if resource.id not in session.loaded:
-            raise Failure(EINVAL, "model not loaded")
+        self._model_checks(session, resource)
         if nr_out > len(inputs):
             raise Failure(EINVAL, f"{nr_out} outputs asked of {len(inputs)} inputs")
         return [inputs[i] for i in range(nr_out)]
