@@ -100,9 +100,10 @@ class ArgError(Exception):
 
 @dataclass
 class Arg:
-    """One argument: its bytes (a write argument's are filled in place), type and custom id."""
+    """One argument: its bytes (a write argument's: a bytearray, filled in place), type and
+    custom id."""
 
-    buf: bytearray
+    buf: bytes | bytearray
     arg_type: int
     custom_type_id: int = 0
 
@@ -111,11 +112,11 @@ class Arg:
         return len(self.buf)
 
     @classmethod
-    def from_proto(cls, proto: Any) -> Arg:
+    def from_proto(cls, proto: Any, *, writable: bool = False) -> Arg:
         """A ``vaccel.genop.Arg`` as upstream's agent converts it: ``size`` must be the length
         of ``buf`` (else Conversion failed), and an empty argument is refused as
         ``vaccel_arg_from_buf`` refuses it (EINVAL). No size is trusted: the bytes are the
-        ones received."""
+        ones received. A write argument gets its own copy to fill."""
         data = proto.buf
         if proto.size != len(data):
             raise errors.conversion_failed(
@@ -124,7 +125,8 @@ class Arg:
             )
         if not data:
             raise errors.ffi(errno.EINVAL, "an empty genop arg (size 0)")
-        return cls(bytearray(data), int(proto.arg_type), int(proto.custom_type_id))
+        buf = bytearray(data) if writable else bytes(data)
+        return cls(buf, int(proto.arg_type), int(proto.custom_type_id))
 
     def to_proto(self, message_type: Any) -> Any:
         """This argument as a ``vaccel.genop.Arg`` of the reply."""
@@ -134,6 +136,15 @@ class Arg:
             arg_type=self.arg_type,
             custom_type_id=self.custom_type_id,
         )
+
+    def view(self, dtype: str, count: int | None = None) -> np.ndarray:
+        """The first ``count`` elements (default: all whole ones) as a read-only array over
+        the argument's own bytes (no copy)."""
+        itemsize = np.dtype(dtype).itemsize
+        count = self.size // itemsize if count is None else count
+        array = np.frombuffer(self.buf, dtype=dtype, count=count)
+        array.flags.writeable = False
+        return array
 
 
 def type_name(value: int) -> str:
@@ -183,7 +194,7 @@ class ArgReader:
                 f"{name}: {self.label} arg {self.position} has {arg.size} bytes, expected "
                 f"{numeric.itemsize} ({numeric.scalar.name})",
             )
-        (value,) = struct.unpack(numeric.fmt, arg.buf)
+        (value,) = struct.unpack(numeric.fmt, bytes(arg.buf))
         if kind == "bool" and arg.buf[0] not in (0, 1):
             raise ArgError(errno.EINVAL, f"{name}: a BOOL must be 0 or 1")
         self._advance(arg)
@@ -206,8 +217,7 @@ class ArgReader:
 
     def array(self, kind: str, name: str) -> np.ndarray:
         """The elements of the next ``<kind>_array`` argument (a read-only view)."""
-        arg = self.array_arg(kind, name)
-        return np.frombuffer(bytes(arg.buf), dtype=NUMERIC[kind].dtype)
+        return self.array_arg(kind, name).view(NUMERIC[kind].dtype)
 
     def string(self, name: str) -> str:
         """``vaccel_arg_array_get_string``: a STRING whose last byte is NUL; the text before
@@ -225,7 +235,7 @@ class ArgReader:
 
     def buffer(self, name: str) -> bytes:
         """``vaccel_arg_array_get_buffer``: a non-empty BUFFER."""
-        return bytes(self._advance(self._next(ArgType.BUFFER, name)).buf)
+        return bytes(self._advance(self._next(ArgType.BUFFER, name)).buf)  # no copy of bytes
 
     def remaining(self) -> list[Arg]:
         """``vaccel_arg_array_get_remaining``: every argument not read yet."""
@@ -235,17 +245,25 @@ class ArgReader:
 
 
 # Filling write arguments -------------------------------------------------------------------
+def _writable(arg: Arg) -> bytearray:
+    if not isinstance(arg.buf, bytearray):
+        raise TypeError("only write args are filled")
+    return arg.buf
+
+
 def fill_text(arg: Arg, text: str) -> None:
     """Write ``text`` as ``snprintf(buf, size, "%s", text)`` does: at most ``size - 1`` bytes,
     then NUL; the rest of the buffer keeps the guest's bytes."""
-    data = text.encode("utf-8", "replace")[: max(arg.size - 1, 0)]
-    arg.buf[: len(data)] = data
-    if arg.size:
-        arg.buf[len(data)] = 0
+    buf = _writable(arg)
+    data = text.encode("utf-8", "replace")[: max(len(buf) - 1, 0)]
+    buf[: len(data)] = data
+    if buf:
+        buf[len(data)] = 0
 
 
 def fill_bytes(arg: Arg, data: bytes | bytearray | memoryview) -> None:
     """Copy ``data`` to the start of the buffer, truncated to its size (``memcpy`` of at most
     ``size`` bytes); bytes past ``data`` keep the guest's values."""
-    view = memoryview(data).cast("B")[: arg.size]
-    arg.buf[: len(view)] = view
+    buf = _writable(arg)
+    view = memoryview(data).cast("B")[: len(buf)]
+    buf[: len(view)] = view

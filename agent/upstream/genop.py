@@ -113,11 +113,9 @@ class GenopCall:
 # Helpers -------------------------------------------------------------------------------------
 def _elements(arg: Arg, dtype: str, name: str) -> np.ndarray:
     """An untyped buffer as whole elements of ``dtype`` (upstream: ``size / sizeof``)."""
-    itemsize = np.dtype(dtype).itemsize
-    count = arg.size // itemsize
-    if count == 0:
+    if arg.size < np.dtype(dtype).itemsize:
         raise ArgError(errno.EINVAL, f"{name}: {arg.size} bytes hold no {dtype} element")
-    return np.frombuffer(bytes(arg.buf[: count * itemsize]), dtype=dtype)
+    return arg.view(dtype)
 
 
 def _room(arg: Arg, nbytes: int, name: str) -> None:
@@ -133,7 +131,7 @@ def _int32(arg: Arg, name: str) -> int:
     """Upstream's ``*(int *)buf`` of an untyped argument: its first 4 bytes."""
     if arg.size < 4:
         raise ArgError(errno.EINVAL, f"{name}: {arg.size} bytes, an int needs 4")
-    return int(np.frombuffer(bytes(arg.buf[:4]), dtype="<i4")[0])
+    return int(arg.view("<i4", 1)[0])
 
 
 def _matrix(flat: np.ndarray, rows: int, cols: int, ld: int, name: str) -> np.ndarray:
@@ -213,8 +211,7 @@ def _sgemm(call: GenopCall) -> None:
         raise ArgError(errno.EINVAL, f"sgemm: m, n and k must be positive, got {m}, {n}, {k}")
     a = np.ascontiguousarray(_matrix(a_flat, m, k, lda, "a"), dtype=np.float32)
     b = np.ascontiguousarray(_matrix(b_flat, k, n, ldb, "b"), dtype=np.float32)
-    c_now = np.frombuffer(bytes(c_arg.buf), dtype="<f4")
-    c = np.ascontiguousarray(_matrix(c_now, m, n, ldc, "c"), dtype=np.float32)
+    c = np.ascontiguousarray(_matrix(c_arg.view("<f4"), m, n, ldc, "c"), dtype=np.float32)
     out = np.asarray(call.run(a, b, c, float(alpha), float(beta)), dtype="<f4")
     if out.shape != (m, n):
         raise ArgError(errno.EPROTO, f"sgemm: the backend returned shape {out.shape}")
@@ -228,7 +225,7 @@ def _fpga_arraycopy(call: GenopCall) -> None:
     a = _elements(call.read.args[0], "<i4", "a")
     out_arg = call.write.args[0]
     _room(out_arg, a.nbytes, "out_a")
-    out = np.asarray(call.run(a.astype(np.int32)), dtype="<i4")
+    out = np.asarray(call.run(np.asarray(a, dtype=np.int32)), dtype="<i4")
     fill_bytes(out_arg, out.tobytes()[: a.nbytes])
 
 
@@ -239,7 +236,7 @@ def _pair(call: GenopCall) -> tuple[np.ndarray, np.ndarray]:
     b = _elements(call.read.args[1], "<f4", "b")
     if b.size < a.size:
         raise ArgError(errno.EINVAL, f"b: {b.size} floats, a has {a.size}")
-    return a.astype(np.float32), b[: a.size].astype(np.float32)
+    return np.asarray(a, dtype=np.float32), np.asarray(b[: a.size], dtype=np.float32)
 
 
 def _fpga_mmult(call: GenopCall) -> None:
@@ -284,7 +281,7 @@ def _minmax(call: GenopCall) -> None:
         raise ArgError(
             errno.EINVAL, f"minmax: ndata {ndata}, the data arg holds {available} doubles"
         )
-    data = np.frombuffer(bytes(data_arg.buf[: ndata * 8]), dtype="<f8").astype(np.float64)
+    data = np.asarray(data_arg.view("<f8", ndata), dtype=np.float64)
     out_arg, min_arg, max_arg = call.write.args
     _room(out_arg, ndata * 8, "outdata")
     _room(min_arg, 8, "min")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.limits import limit_error
 from agent.service import _check_file_name
-from vaccel_core.errors import NotFoundError, VaccelError
+from vaccel_core.errors import NotFoundError, VaccelError, clip
 from vaccel_core.ops import ResourceType
 from vaccel_core.transport import Peer
 
@@ -63,7 +63,8 @@ class Resources:
                 "this agent does not open host paths a guest names; send the files' "
                 "contents (RegisterRequest.blobs)",
             )
-        files = [self._store(index, blob, peer) for index, blob in enumerate(msg.blobs)]
+        checked = self._check_blobs(msg.blobs, peer)
+        files = [self._store(name, data, peer) for name, data in checked]
         request = self.ours.RegisterResourceRequest(session_id=record.id, type=int(rtype))
         for name, digest, size in files:
             request.files.add(name=name, sha256=digest, size=size)
@@ -72,15 +73,35 @@ class Resources:
             raise errors.ffi(errno.EIO, "the resource's files were dropped; register it again")
         return self.pb.resource.RegisterResponse(resource_id=reply.resource_id)
 
-    def _store(self, index: int, blob: Any, peer: Peer) -> tuple[str, str, int]:
-        """One blob of the request into the agent's store, as the caller's: (name, sha256,
-        size). Its ``size`` field is not trusted: the bytes are what was received."""
-        if blob.type_ not in BLOB_TYPES:
-            raise errors.ffi(errno.EINVAL, f"blob {index}: unknown blob type {blob.type_}")
-        data = blob.data
-        if not data:  # vaccel_blob_from_buf refuses an empty buffer
-            raise errors.ffi(errno.EINVAL, f"blob {index}: no data")
-        name = _check_file_name(blob.name)
+    def _check_blobs(self, blobs: Any, peer: Peer) -> list[tuple[str, bytes]]:
+        """Every blob checked before any is stored: the counts against the limits, then each
+        blob's type, data and name. Their ``size`` fields are not trusted: the bytes are what
+        was received."""
+        limit = self.agent.limits.max_resource_files
+        if len(blobs) > limit:
+            raise limit_error(
+                "RegisterResource",
+                "max_resource_files",
+                f"{len(blobs)} files in one resource (limit {limit})",
+            )
+        self.agent._check_resource_count(peer.id)
+        checked: list[tuple[str, bytes]] = []
+        seen: set[str] = set()
+        for index, blob in enumerate(blobs):
+            if blob.type_ not in BLOB_TYPES:
+                raise errors.ffi(errno.EINVAL, f"blob {index}: unknown blob type {blob.type_}")
+            data = blob.data
+            if not data:  # vaccel_blob_from_buf refuses an empty buffer
+                raise errors.ffi(errno.EINVAL, f"blob {index}: no data")
+            name = _check_file_name(blob.name)
+            if name in seen:
+                raise errors.ffi(errno.EINVAL, f"blob {index}: a second file named {clip(name)}")
+            seen.add(name)
+            checked.append((name, data))
+        return checked
+
+    def _store(self, name: str, data: bytes, peer: Peer) -> tuple[str, str, int]:
+        """One file into the agent's store, as the caller's blob: (name, sha256, size)."""
         digest = hashlib.sha256(data).hexdigest()
         self.agent.blobs.put(digest, len(data), 0, memoryview(data), peer.id)
         return name, digest, len(data)

@@ -160,7 +160,7 @@ class UpstreamAgentService:
                     errno.EINVAL, f"{len(args)} {label} args (at most {MAX_GENOP_ARGS})"
                 )
         read = [Arg.from_proto(a) for a in msg.read_args]
-        write = [Arg.from_proto(a) for a in msg.write_args]
+        write = [Arg.from_proto(a, writable=True) for a in msg.write_args]
         # The reply carries every write arg back: held twice (the buffers and the message).
         self.agent._reserve_reply(sum(a.size for a in write) + 16 * len(write), "its write args")
 

@@ -615,6 +615,8 @@ def test_limits_bound_upstream_requests(tmp_path_factory: pytest.TempPathFactory
         "2M",
         "--max-blob-size",
         "4K",
+        "--max-resource-files",
+        "2",
     )
     g = Guest(socket_of(agent))
     try:
@@ -632,6 +634,11 @@ def test_limits_bound_upstream_requests(tmp_path_factory: pytest.TempPathFactory
             (RESOURCE_EXHAUSTED, "FFI", ENOMEM),
         )
         assert "--max-blob-size" in err.message
+        three = {"a": b"1", "b": b"2", "c": b"3"}
+        err = expect_failure(
+            lambda: g.register(session_id, three), (RESOURCE_EXHAUSTED, "FFI", ENOMEM)
+        )
+        assert "--max-resource-files" in err.message
         # A request over --max-message-size never reaches the service (the transport says so).
         huge = pb.genop.Request(session_id=session_id, read_args=[op(23), raw(bytes(2 << 20))])
         response = g.raw("Genop", huge.SerializeToString())
@@ -784,3 +791,42 @@ def test_sgemm_matches_numpy(ort_agent: AgentProcess) -> None:
         assert math.isfinite(float(got[0, 0]))
     finally:
         g.close()
+
+
+# Never a crash ------------------------------------------------------------------------------------
+def test_random_genop_args_never_crash_the_service() -> None:
+    """Random op numbers, arg types, sizes (some lying) and counts, straight into the service
+    (fixed seed): every call succeeds or fails in upstream's form, none with an agent bug."""
+    import random
+
+    from tests.remote.conftest import make_service
+    from vaccel_core.transport import Peer, StatusError
+
+    service = make_service()
+    upstream_service = service.services[SERVICE_NAME]
+    peer = Peer("client-fuzz")
+    session_id = CreateResponse.FromString(upstream_service("CreateSession", b"", peer)).session_id
+    rng = random.Random(11)
+
+    def random_arg() -> Any:
+        size = rng.choice([0, 1, 2, 4, 8, 12, 16, 33])
+        data = bytes(rng.randrange(256) for _ in range(size))
+        told = size if rng.random() < 0.95 else rng.randrange(100)
+        return arg(data, rng.choice([0, 1, 5, 7, 9, 10, 17, 18, 20, 26, 27, 28, 29, 99]), told)
+
+    try:
+        for _ in range(3000):
+            read = [
+                op(rng.choice([*range(26), 255])),
+                *(random_arg() for _ in range(rng.randrange(12))),
+            ]
+            write = [random_arg() for _ in range(rng.randrange(4))]
+            request = pb.genop.Request(session_id=session_id, read_args=read, write_args=write)
+            try:
+                upstream_service("Genop", request.SerializeToString(), peer)
+            except StatusError as exc:
+                assert exc.code == INTERNAL, exc.message
+                assert "unexpected" not in exc.message, exc.message
+                assert [url for url, _ in exc.details] == [DETAIL_URL]
+    finally:
+        service.close()
