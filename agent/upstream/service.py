@@ -84,7 +84,8 @@ class UpstreamAgentService:
     def __call__(self, method: str, payload: bytes, peer: Peer) -> bytes:
         entry = self._methods.get(method)
         if entry is None:  # what ttrpc-rust answers for a method it does not serve
-            raise errors.refused(f"/{SERVICE_NAME}/{clip(method)} does not exist")
+            name = method if len(method) <= 64 and method.isprintable() else clip(method)
+            raise errors.refused(f"/{SERVICE_NAME}/{name} does not exist")
         try:
             ticket = self.agent.admission.admit(peer.id, method, len(payload))
         except VaccelError as exc:

@@ -601,7 +601,7 @@ def test_unparseable_requests_and_unknown_methods(guest: Guest, session: int) ->
     assert not response.status.details
     response = guest.raw("Frobnicate", b"")
     assert response.status.code == INVALID_ARGUMENT
-    assert response.status.message == f"/{SERVICE_NAME}/'Frobnicate' does not exist"
+    assert response.status.message == f"/{SERVICE_NAME}/Frobnicate does not exist"
 
 
 # Limits -------------------------------------------------------------------------------------------
