@@ -60,6 +60,9 @@ def test_other_services_share_the_connection_and_choose_their_errors(tmp_path: P
         assert channel.invoke("other.v1.Service", "Reverse", Message(b"abc"), 5).payload == b"cba"
         assert channel.call("Echo", Message(b"x"), 5).payload == b"agent:x"
         assert len(set(handler.peers)) == 1, "one connection, one client, whatever the service"
+        check = wire.HealthCheckRequest(service="other.v1.Service").SerializeToString()
+        health = channel.invoke("grpc.health.v1.Health", "Check", Message(check), 5)
+        assert wire.HealthCheckResponse.FromString(health.payload).status == 1  # SERVING
         with pytest.raises(CallError) as err:
             channel.invoke("other.v1.Service", "Nope", Message(b""), 5)
         assert err.value.status == "INTERNAL" and "Nope: no such thing" in err.value.message

@@ -211,7 +211,7 @@ class TtrpcServer:
                 "Check: malformed request: expected a grpc.health.v1.HealthCheckRequest",
                 code=errno.EINVAL,
             ) from None
-        if service not in ("", SERVICE_NAME):
+        if service not in ("", SERVICE_NAME) and service not in self._services:
             raise CallError(
                 "NOT_FOUND", f"Check: unknown service {clip(service)}", code=errno.ENOENT
             )
