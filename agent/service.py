@@ -37,7 +37,7 @@ from vaccel_core.errors import (
 )
 from vaccel_core.flags import PluginType
 from vaccel_core.log import logger as _vaccel_logger
-from vaccel_core.ops import CATALOG, ResourceType, result_bytes
+from vaccel_core.ops import ResourceType, result_bytes
 from vaccel_core.plugins import PluginRegistry
 from vaccel_core.resource import Resource
 from vaccel_core.session import Session
@@ -688,8 +688,7 @@ class AgentService:
             raise InvalidArgumentError(
                 f"Run: operation name {clip(msg.op)} does not match the arguments given ({case})"
             )
-        op = codec.op_by_name(case)
-        spec = CATALOG[op]
+        spec = codec.spec_by_name(case)
         record = self._session(msg.session_id, peer, spec.method)
 
         def resource(resource_id: int) -> Resource:
@@ -698,9 +697,10 @@ class AgentService:
         args = codec.decode_args(
             spec, getattr(msg, case), codec.Decoder(buffers, spec.method), resource
         )
-        self._reserve_reply(result_bytes(spec, args), "its result")
+        if spec.result_bytes is not None:
+            self._reserve_reply(result_bytes(spec, args), "its result")
         start = time.perf_counter_ns()
-        value = record.session.genop(op, *args)
+        value = record.session.genop(spec.op, *args)
         elapsed = time.perf_counter_ns() - start
         record.last_used = time.monotonic()
         reply = self.pb.OpResponse(op=case)

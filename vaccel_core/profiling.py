@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass
@@ -19,6 +21,19 @@ class Region:
         return f"[prof] {self.name}: total_time: {self.total_ns} nsec nr_entries: {self.entries}"
 
 
+class RegionLike(Protocol):
+    """Anything with a region's fields: a :class:`Region`, or one received from an agent."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def total_ns(self) -> int: ...
+
+    @property
+    def entries(self) -> int: ...
+
+
 class Profiler:
     """A set of regions; ``record`` is thread-safe and cheap."""
 
@@ -26,21 +41,19 @@ class Profiler:
         self._regions: dict[str, Region] = {}
         self._lock = threading.Lock()
 
-    def record(self, name: str, elapsed_ns: int) -> None:
+    def record(self, name: str, elapsed_ns: int, entries: int = 1) -> None:
+        """Add ``elapsed_ns`` (over ``entries`` calls) to the region ``name``."""
         with self._lock:
             region = self._regions.get(name)
             if region is None:
                 region = self._regions[name] = Region(name)
             region.total_ns += elapsed_ns
-            region.entries += 1
+            region.entries += entries
 
-    def merge(self, regions: list[Region]) -> None:
-        """Add regions measured elsewhere (e.g. on the agent)."""
+    def merge(self, regions: Iterable[RegionLike]) -> None:
+        """Add regions measured elsewhere (e.g. the agent's, straight from its reply)."""
         for r in regions:
-            with self._lock:
-                mine = self._regions.setdefault(r.name, Region(r.name))
-                mine.total_ns += r.total_ns
-                mine.entries += r.entries
+            self.record(r.name, r.total_ns, r.entries)
 
     def regions(self) -> list[Region]:
         with self._lock:

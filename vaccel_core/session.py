@@ -49,7 +49,8 @@ class Session:
         self._lock = threading.RLock()
         self._closed = True
         self._resources: dict[int, Resource] = {}
-        self._table: dict[Op, Callable[..., Any]] = {}
+        #: Each operation resolved so far: its backend's method and its profiling region name.
+        self._table: dict[Op, tuple[Callable[..., Any], str]] = {}
         self._owner: dict[Op, Backend] = {}
         self.profiler: Profiler | None = Profiler() if self.config.profiling else None
         #: Free-form per-session data for embedding code (the agent records its client here).
@@ -169,17 +170,17 @@ class Session:
             backend = self._owner[op]
         return backend
 
-    def _resolve(self, op: Op) -> Callable[..., Any]:
+    def _resolve(self, op: Op) -> tuple[Callable[..., Any], str]:
         backend = find_backend(self.backends, op)
-        fn = getattr(backend, CATALOG[op].method)
+        entry = (getattr(backend, CATALOG[op].method), op.value)
         self._owner[op] = backend
-        self._table[op] = fn
-        return fn
+        self._table[op] = entry
+        return entry
 
     def _invoke(self, op: Op, args: Sequence[Any]) -> Any:
         if self._closed:
             raise SessionError(f"{CATALOG[op].method}: session {self.id} is released")
-        fn = self._table.get(op) or self._resolve(op)
+        fn, region = self._table.get(op) or self._resolve(op)
         start = time.perf_counter_ns() if self.profiler is not None else 0
         try:
             return fn(self, *args)
@@ -193,7 +194,7 @@ class Session:
             ) from exc
         finally:
             if self.profiler is not None:
-                self.profiler.record(op.value, time.perf_counter_ns() - start)
+                self.profiler.record(region, time.perf_counter_ns() - start)
 
     def _call(self, op: Op, args: Sequence[Any]) -> Any:
         spec = CATALOG[op]

@@ -12,6 +12,7 @@ connects again (sessions made on the lost connection are gone and say so).
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import threading
@@ -31,7 +32,6 @@ from vaccel_core.errors import (
 from vaccel_core.flags import PluginType
 from vaccel_core.log import logger as _vaccel_logger
 from vaccel_core.ops import CATALOG, OpSpec
-from vaccel_core.profiling import Region
 from vaccel_core.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Address,
@@ -145,15 +145,13 @@ class RpcBackend(Backend):
         self._lock = threading.Lock()
         self._channels: dict[str, Channel] = {}
         self._remotes: dict[int, _Remote] = {}
-        self._pb: Any = None
 
-    @property
+    @functools.cached_property
     def pb(self) -> Any:
-        if self._pb is None:
-            from vaccel_core.proto import pb
+        """The generated protobuf module, imported on first use (then a plain attribute)."""
+        from vaccel_core.proto import pb
 
-            self._pb = pb()
-        return self._pb
+        return pb()
 
     def fini(self) -> None:
         with self._lock:
@@ -479,12 +477,14 @@ class RpcBackend(Backend):
         return remote_id
 
     # Operations ----------------------------------------------------------------------------
-    def _run(self, spec: OpSpec, session: Session, args: Sequence[Any]) -> Any:
+    def _run(self, spec: OpSpec, case: str, session: Session, args: Sequence[Any]) -> Any:
+        """Run ``spec`` on the agent; ``case`` is its wire name (``spec.name``, passed in by
+        the forwarder that computed it once)."""
         remote = self._remote(session, spec.method)
         request = self.pb.OpRequest(
-            session_id=remote.session_id, op=spec.name, profile=session.profiler is not None
+            session_id=remote.session_id, op=case, profile=session.profiler is not None
         )
-        arguments = getattr(request, spec.name)
+        arguments = getattr(request, case)
         arguments.SetInParent()
         encoder = codec.Encoder()
         codec.encode_args(
@@ -504,13 +504,13 @@ class RpcBackend(Backend):
             reply_type=self.pb.OpResponse,
             what=spec.method,
         )
-        case = reply.WhichOneof("result")
-        if case != spec.name:
+        answered = reply.WhichOneof("result")
+        if answered != case:
             raise RemoteError(
-                f"{spec.method}: the agent at {remote.address} answered with {case!r} results"
+                f"{spec.method}: the agent at {remote.address} answered with {answered!r} results"
             )
-        if reply.regions and session.profiler is not None:
-            session.profiler.merge([Region(r.name, r.total_ns, r.entries) for r in reply.regions])
+        if session.profiler is not None:
+            session.profiler.merge(reply.regions)
         return codec.decode_results(spec, getattr(reply, case), codec.Decoder(buffers, spec.method))
 
 
@@ -522,8 +522,10 @@ def _relabel(message: str, method: str, what: str | None) -> str:
 
 
 def _forwarder(spec: OpSpec) -> Any:
+    case = spec.name
+
     def forward(self: RpcBackend, session: Session, *args: Any) -> Any:
-        return self._run(spec, session, args)
+        return self._run(spec, case, session, args)
 
     forward.__name__ = forward.__qualname__ = spec.method
     forward.__doc__ = f"Run {spec.name} on the agent. {spec.doc}"

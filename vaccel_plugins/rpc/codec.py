@@ -43,11 +43,21 @@ def result_message_name(spec: OpSpec) -> str:
     return f"{camel(spec.name)}Result"
 
 
+#: Each operation's catalog entry by its wire name (the ``OpRequest.args`` and
+#: ``OpResponse.result`` case): a plain dict lookup per call instead of ``Op(name)``.
+SPECS: dict[str, OpSpec] = {spec.name: spec for spec in CATALOG.values()}
+
+
 def op_by_name(name: str) -> Op:
-    try:
-        return Op(name)
-    except ValueError:
-        raise InvalidArgumentError(f"Run: unknown operation {clip(name)}") from None
+    return spec_by_name(name).op
+
+
+def spec_by_name(name: str) -> OpSpec:
+    """The catalog entry of the operation whose wire name is ``name``."""
+    spec = SPECS.get(name)
+    if spec is None:
+        raise InvalidArgumentError(f"Run: unknown operation {clip(name)}")
+    return spec
 
 
 class Encoder:
@@ -279,9 +289,32 @@ def encode_results(spec: OpSpec, value: Any, msg: Any, encoder: Encoder) -> None
         encoder.value(msg, param, item, _no_resource)
 
 
+def _plain_fields(params: Sequence[Param]) -> tuple[str, ...] | None:
+    """The field names of ``params`` when each is a string or an integer that is always set
+    (read as they are, no per-kind decoding); None otherwise."""
+    if all(p.kind in (Kind.STR, Kind.INT) and not p.optional for p in params):
+        return tuple(p.name for p in params)
+    return None
+
+
+#: Operations whose results are all plain fields (classify, detect, ...): their names, by
+#: method name. The guest reads them as they are, with none of :meth:`Decoder.value`'s
+#: per-kind dispatch: that runs right after the wait for the agent, when every line of Python
+#: finds the caches cold (about 10 microseconds a call less, measured on a 2-vCPU VM).
+_PLAIN_RESULTS: dict[str, tuple[str, ...]] = {
+    spec.method: names
+    for spec in CATALOG.values()
+    if spec.results and (names := _plain_fields(spec.results)) is not None
+}
+
+
 def decode_results(spec: OpSpec, msg: Any, decoder: Decoder) -> Any:
     """What the local backend method returns: None, one value, or a tuple."""
-    values = [decoder.value(msg, param) for param in spec.results]
+    plain = _PLAIN_RESULTS.get(spec.method)
+    if plain is not None:
+        values = [getattr(msg, name) for name in plain]
+    else:
+        values = [decoder.value(msg, param) for param in spec.results]
     if not values:
         return None
     if len(values) == 1:
@@ -296,6 +329,7 @@ def _no_resource(value: Any) -> int:  # pragma: no cover - results never carry r
 __all__ = [
     "CATALOG",
     "INLINE_LIMIT",
+    "SPECS",
     "Decoder",
     "Encoder",
     "args_message_name",
@@ -306,4 +340,5 @@ __all__ = [
     "encode_results",
     "op_by_name",
     "result_message_name",
+    "spec_by_name",
 ]
