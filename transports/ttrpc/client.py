@@ -151,10 +151,14 @@ class TtrpcChannel(Channel):
     @property
     def lost(self) -> str | None:
         """Why the connection was lost (the agent went away), or None while it is up."""
+        if self._lost is not None or self._closed or self._reading or self._waiting:
+            return self._lost
+        # Nobody reads: an agent that closed the connection shows as readable EOF. One poll
+        # (no lock) when nothing is pending: the rpc backend asks before every call.
+        if not self._reader.wait(0):
+            return None
         with self._lock:
-            idle = self._lost is None and not self._closed and not self._reading
-            # Nobody reads: an agent that closed the connection shows as readable EOF.
-            if idle and not self._waiting and self._reader.wait(0):
+            if self._lost is None and not self._reading and not self._waiting:
                 try:
                     peeked = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
                 except BlockingIOError:
