@@ -146,6 +146,11 @@ class UnixTransport(Transport):
 
     def connect(self, address: Address, options: TransportOptions) -> Channel:
         path = socket_path(address)
+        if not path.exists():  # at once: gRPC would retry until connect_timeout
+            raise RemoteError(
+                f"cannot reach the vAccel agent at {address}: no socket at {path} (is "
+                f"vaccel-agent listening there?)"
+            )
         if address.speaks("ttrpc") == "grpc":
             from .grpc_client import GrpcChannel
 
