@@ -74,6 +74,21 @@ def select_backends(registry: PluginRegistry, config: Config, flags: int) -> lis
         wanted = "|".join(PluginType(flags & _TYPE_BITS).names())
     else:
         return [registry.backend(i.name) for i in infos]
+    if not chosen and flags & PluginType.REMOTE:
+        remote = sorted(
+            n for n, i in registry.backends.items() if i.cls.type & PluginType.REMOTE
+        )
+        hint = (
+            "set VACCEL_PLUGINS=rpc (and VACCEL_RPC_ADDRESS, the agent's address)"
+            if not config.plugins
+            else "add rpc to VACCEL_PLUGINS (and set VACCEL_RPC_ADDRESS, the agent's address)"
+        )
+        configured = ", ".join(i.name for i in infos)
+        raise PluginError(
+            f"no configured backend matches session flags REMOTE: no backend of type REMOTE is "
+            f"loaded (configured: {configured}; remote backends installed: "
+            f"{', '.join(remote) or 'none'}): {hint}"
+        )
     if not chosen:
         have = ", ".join(f"{i.name} ({'|'.join(PluginType(i.cls.type).names())})" for i in infos)
         raise PluginError(
