@@ -137,6 +137,35 @@ def make_config(args: argparse.Namespace) -> Config:
     return config
 
 
+def _plugins_source(args: argparse.Namespace) -> str | None:
+    """The option the backend list came from, to name it in errors; None for the environment."""
+    if args.plugins:
+        return "--plugins"
+    if args.vaccel_config and {"plugins", "backends"} & set(
+        parse_vaccel_config(args.vaccel_config)
+    ):
+        return "--vaccel-config plugins="
+    return None
+
+
+def _check_plugin_names(config: Config, source: str | None) -> None:
+    """A backend named on the command line that no plugin provides is an error naming the
+    option the user wrote (the environment's names are checked, and named, by the core)."""
+    if source is None or not config.plugins:
+        return
+    from vaccel_core.plugins import get_registry
+
+    registry = get_registry()
+    for name in config.plugins:
+        if name not in registry.backends:
+            known = ", ".join(sorted(registry.backends)) or "none"
+            failed = [f.describe() for f in registry.failures if f.name == name]
+            hint = f"; it failed to load: {failed[0]}" if failed else ""
+            raise InvalidArgumentError(
+                f"{source} names unknown backend {name!r} (known: {known}){hint}"
+            )
+
+
 def tls_options(args: argparse.Namespace) -> TlsOptions | None:
     """The listener TLS settings from --tls-cert/--tls-key/--tls-client-ca, or None."""
     if not (args.tls_cert or args.tls_key or args.tls_client_ca):
@@ -160,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vaccel-agent: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config)
+    try:
+        _check_plugin_names(config, _plugins_source(args))
+    except VaccelError as exc:
+        print(f"vaccel-agent: error: {exc}", file=sys.stderr)
+        return 2
     from .allocator import tune_allocator
     from .fdlimit import ensure_fd_room
     from .server import Agent, limits_from_config
