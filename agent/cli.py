@@ -52,9 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="addresses",
         metavar="URI",
         help="address to listen on; repeat for several (unix:///PATH, tcp://HOST:PORT, "
-        "vsock://CID:PORT; unix and vsock serve ttrpc and gRPC on one socket, grpc+ or ttrpc+ "
-        f"before the scheme serves only that one); default {DEFAULT_RPC_ADDRESS}",
+        "vsock://CID:PORT, virtio-mock:///PATH; unix and vsock serve ttrpc and gRPC on one "
+        "socket, grpc+ or ttrpc+ before the scheme serves only that one); default "
+        f"{DEFAULT_RPC_ADDRESS}",
     )
+    from vaccel_core import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--plugins",
         help="backends, in priority order (noop, libvaccel-noop.so, /usr/lib/libvaccel-X.so, "

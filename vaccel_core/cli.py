@@ -1,14 +1,16 @@
-"""The ``vaccel`` command: ``vaccel plugins [--json]``, ``vaccel noop``, ``vaccel models``."""
+"""The ``vaccel`` command: ``vaccel plugins [--json]``, ``vaccel noop``, and the commands plugins
+add through the ``vaccel_register_commands`` hook (the onnxruntime plugin's ``vaccel models``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from .errors import VaccelError
+from .errors import PluginError, VaccelError
 from .flags import PluginType
 from .plugins import PluginInfo, PluginRegistry, get_registry
 
@@ -126,35 +128,134 @@ def _noop_op() -> Any:
     return Op.NOOP
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    try:
-        from vaccel_plugins.onnxruntime import cli as models_cli
-    except ImportError as exc:
-        print(f"vaccel models: the onnxruntime backend is not available: {exc}", file=sys.stderr)
-        return 1
-    return int(models_cli.run(args))
+DESCRIPTION = "vAccel in Python: inspect the installed backends and transports, run a noop."
+
+EPILOG = (
+    "configuration: VACCEL_PLUGINS (backends in priority order, e.g. onnxruntime:noop, or rpc "
+    "to go through an agent), VACCEL_RPC_ADDRESS (the agent, e.g. unix:///run/vaccel.sock), "
+    "VACCEL_LOG_LEVEL (1-4). Plugins may add further commands."
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vaccel", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("plugins", help="list discovered backends and transports")
+@dataclass
+class Command:
+    """A subcommand contributed by a plugin through ``vaccel_register_commands``."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None] | None
+    run: Callable[[argparse.Namespace], int]
+    plugin: str
+
+
+BUILTIN = ("plugins", "noop")
+
+
+def plugin_commands(registry: PluginRegistry) -> list[Command]:
+    """Every command the registered plugins contribute. A plugin whose hook raises, or that
+    registers a bad or duplicate command, is recorded as a failure (``vaccel plugins`` shows
+    it) and loses its commands; the others are unaffected."""
+    commands: dict[str, Command] = {}
+    for impl in registry.pm.hook.vaccel_register_commands.get_hookimpls():
+        plugin = impl.plugin_name
+        found: list[Command] = []
+
+        def register(
+            name: str,
+            help: str,
+            configure: Callable[[argparse.ArgumentParser], None] | None = None,
+            run: Callable[[argparse.Namespace], int] | None = None,
+            *,
+            _found: list[Command] = found,
+            _plugin: str = plugin,
+        ) -> None:
+            if not isinstance(name, str) or not name or name.startswith("-"):
+                raise PluginError(f"command name {name!r} is not a word")
+            if run is None or not callable(run):
+                raise PluginError(f"command {name!r} has no run function")
+            if name in BUILTIN or name in commands:
+                owner = "vaccel" if name in BUILTIN else commands[name].plugin
+                raise PluginError(f"command {name!r} is already registered by {owner!r}")
+            _found.append(Command(name, help, configure, run, _plugin))
+
+        try:
+            impl.function(register=register)
+        except Exception as exc:
+            _record(registry, plugin, exc)
+            continue
+        commands.update((c.name, c) for c in found)
+    return sorted(commands.values(), key=lambda c: c.name)
+
+
+def _record(registry: PluginRegistry, plugin: str, exc: BaseException) -> None:
+    """Record a command failure against its plugin (an error under VACCEL_PLUGINS_STRICT=1)."""
+    dist, version = "", ""
+    for info in list(registry.backends.values()) + list(registry.transports.values()):
+        if info.plugin == plugin:
+            dist, version = info.distribution, info.dist_version
+            break
+    registry._fail("vaccel.commands", plugin, dist, version, exc)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"%(prog)s {__version__}"
+
+
+def build_parser(registry: PluginRegistry | None = None) -> argparse.ArgumentParser:
+    """The ``vaccel`` parser with the built-in commands and those of the plugins (from the
+    process-wide registry unless one is given)."""
+    parser = argparse.ArgumentParser(prog="vaccel", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser(
+        "plugins",
+        help="list discovered backends and transports",
+        description="Every discovered backend and transport: distribution, version, type, "
+        "operations, status (loaded / unavailable) and why; then the plugins that failed.",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plugins)
-    p = sub.add_parser("noop", help="run one noop through the configured backend")
-    p.add_argument("--remote", action="store_true", help="ask for the REMOTE backend")
-    p.set_defaults(func=cmd_noop)
     p = sub.add_parser(
-        "models", help="list, build and verify the models the onnxruntime backend knows"
+        "noop",
+        help="run one noop through the configured backend",
+        description="Open a session, run one noop, say which backend ran it.",
+        epilog="The backend comes from VACCEL_PLUGINS; --remote needs rpc in it and the agent "
+        "in VACCEL_RPC_ADDRESS.",
     )
-    p.add_argument("action", nargs="?", default="list", choices=["list", "build", "verify"])
-    p.add_argument("name", nargs="?", default=None)
-    p.set_defaults(func=cmd_models)
+    p.add_argument(
+        "--remote",
+        action="store_true",
+        help="ask for the REMOTE backend (needs VACCEL_PLUGINS=rpc and VACCEL_RPC_ADDRESS)",
+    )
+    p.set_defaults(func=cmd_noop)
+    if registry is None:
+        try:
+            registry = get_registry()
+        except VaccelError:  # VACCEL_PLUGINS_STRICT=1: the built-in commands report it
+            return parser
+    for command in plugin_commands(registry):
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        try:
+            if command.configure is not None:
+                command.configure(p)
+        except Exception as exc:
+            sub._name_parser_map.pop(command.name, None)
+            sub._choices_actions = [a for a in sub._choices_actions if a.dest != command.name]
+            _record(registry, command.plugin, exc)
+            continue
+        p.set_defaults(func=command.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except VaccelError as exc:  # VACCEL_PLUGINS_STRICT=1 and a broken plugin
+        print(f"vaccel: error: {exc}", file=sys.stderr)
+        return 1
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except VaccelError as exc:

@@ -31,3 +31,14 @@ def vaccel_register_backends(register: Callable[[type[Any]], None]) -> None:
 @hookspec
 def vaccel_register_transports(register: Callable[[type[Any]], None]) -> None:
     """Register transport classes (subclasses of :class:`vaccel_core.transport.Transport`)."""
+
+
+@hookspec
+def vaccel_register_commands(register: Callable[..., None]) -> None:
+    """Register ``vaccel`` subcommands: ``register(name, help, configure, run)``.
+
+    ``configure(parser)`` adds the command's arguments to its ``argparse`` subparser; ``run(args)``
+    runs it with the parsed namespace and returns the exit status. Keep both cheap to import:
+    ``vaccel --help`` asks every plugin for its commands. A plugin whose hook (or ``configure``)
+    raises loses its commands, and ``vaccel`` still runs.
+    """

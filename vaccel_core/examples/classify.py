@@ -28,8 +28,16 @@ class UsageError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Classify an image with vAccel (ImageNet classes)."
+        prog=PROG,
+        description="Classify an image with vAccel (ImageNet classes), printing upstream's "
+        "example lines.",
+        epilog="The backend comes from VACCEL_PLUGINS (onnxruntime locally; rpc through an "
+        "agent, found at VACCEL_RPC_ADDRESS, e.g. unix:///run/vaccel.sock). "
+        "VACCEL_PROFILING_ENABLED=1 prints the timing regions.",
     )
+    from vaccel_core import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG, ...)")
     parser.add_argument(
         "iterations", metavar="ITERATIONS", nargs="?", default="1", help="times to run (default 1)"
