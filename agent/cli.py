@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 
 from vaccel_core.auth import read_credential, read_token
 from vaccel_core.config import DEFAULT_RPC_ADDRESS, Config, parse_plugin_list, parse_vaccel_config
@@ -185,8 +185,24 @@ def tls_options(args: argparse.Namespace) -> TlsOptions | None:
     )
 
 
+def quiet_grpc_core(
+    args: argparse.Namespace, environ: MutableMapping[str, str] | None = None
+) -> None:
+    """Keep gRPC's own C-core log lines (``E1130 ... add_port.cc:83] Failed to add port``) off
+    stderr: the agent reports every failure itself, in one line. Must run before grpc is
+    imported; a GRPC_VERBOSITY the user set, or debug logging (level 4), keeps gRPC's logs."""
+    env = os.environ if environ is None else environ
+    if "GRPC_VERBOSITY" in env:
+        return
+    debug = args.log_level == 4 or "log_level=4" in (args.vaccel_config or "").replace(" ", "")
+    debug = debug or (env.get("VACCEL_LOG_LEVEL") or env.get("VACCEL_DEBUG_LEVEL")) == "4"
+    if not debug:
+        env["GRPC_VERBOSITY"] = "NONE"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_grpc_core(args)
     try:
         config = make_config(args)
     except VaccelError as exc:

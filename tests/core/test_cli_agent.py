@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,3 +43,39 @@ def test_unknown_backend_in_environment_still_names_the_variable(tmp_path: Path)
     out = _agent("-a", f"unix://{tmp_path / 'v.sock'}", VACCEL_PLUGINS="foo")
     assert out.returncode == 1
     assert "VACCEL_PLUGINS names unknown backend 'foo'" in out.stderr
+
+
+def test_busy_port_is_one_line_with_the_scheme_and_no_grpc_log() -> None:
+    pytest.importorskip("grpc", reason="the agent needs the remote extra")
+    from tests.remote.conftest import start_agent
+
+    first = start_agent(["tcp://127.0.0.1:0"])
+    try:
+        port = first.addresses[0].rsplit(":", 1)[1]
+        second = _agent("-a", f"tcp://127.0.0.1:{port}", VACCEL_PLUGINS="noop")
+    finally:
+        first.stop()
+    assert second.returncode == 1
+    assert second.stderr.splitlines() == [
+        f"vaccel-agent: error: cannot listen on tcp://127.0.0.1:{port}: "
+        "the address is in use or cannot be bound"
+    ], second.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, "NONE"),
+        ([], {"GRPC_VERBOSITY": "DEBUG"}, "DEBUG"),
+        (["--log-level", "4"], {}, None),
+        ([], {"VACCEL_LOG_LEVEL": "4"}, None),
+        (["--vaccel-config", "log_level=4"], {}, None),
+    ],
+)
+def test_grpc_core_logging_is_quiet_unless_asked_for(
+    argv: list[str], env: dict[str, str], expected: str | None
+) -> None:
+    from agent.cli import build_parser, quiet_grpc_core
+
+    quiet_grpc_core(build_parser().parse_args(argv), env)
+    assert env.get("GRPC_VERBOSITY") == expected
