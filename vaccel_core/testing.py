@@ -59,6 +59,7 @@ from .session import Session
 
 __all__ = [
     "PNG_1PX",
+    "PNG_32PX",
     "AgentProcess",
     "BackendConformance",
     "check_call_refused",
@@ -75,6 +76,30 @@ PNG_1PX = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
 )
+
+
+def _png(width: int, height: int) -> bytes:
+    """An RGB PNG image of a horizontal gradient."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = bytes(v for x in range(width) for v in (x * 255 // max(width - 1, 1), 128, 64))
+    raw = b"".join(b"\x00" + row for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+#: A valid 32x32 RGB PNG image: the kit's sample image (large enough for real classifiers).
+PNG_32PX = _png(32, 32)
 
 
 # Samples -----------------------------------------------------------------------------------------
@@ -98,11 +123,11 @@ def sample_args(op: Op, resources: Mapping[ResourceType, Resource]) -> tuple[Any
         Op.NOOP: (),
         Op.EXEC: ("libmytestlib.so", "mytestfunc", [b"\x01\x00\x00\x00"], [4]),
         Op.EXEC_WITH_RESOURCE: (resources[ResourceType.LIB], "mytestfunc", [b"abc"], [8]),
-        Op.IMAGE_CLASSIFY: (PNG_1PX,),
-        Op.IMAGE_DETECT: (PNG_1PX,),
-        Op.IMAGE_SEGMENT: (PNG_1PX,),
-        Op.IMAGE_POSE: (PNG_1PX,),
-        Op.IMAGE_DEPTH: (PNG_1PX,),
+        Op.IMAGE_CLASSIFY: (PNG_32PX,),
+        Op.IMAGE_DETECT: (PNG_32PX,),
+        Op.IMAGE_SEGMENT: (PNG_32PX,),
+        Op.IMAGE_POSE: (PNG_32PX,),
+        Op.IMAGE_DEPTH: (PNG_32PX,),
         Op.TF_MODEL_LOAD: (model,),
         Op.TF_MODEL_UNLOAD: (model,),
         Op.TF_MODEL_RUN: (model, ["in"], [m23], ["out"]),
@@ -404,6 +429,11 @@ class BackendConformance:
         """Valid arguments for ``op`` (default: :func:`sample_args`)."""
         return sample_args(op, resources)
 
+    def make_resources(self, session: Session) -> dict[ResourceType, Resource]:
+        """One resource of each type, registered with ``session``, for :meth:`sample_args`
+        (default: :func:`sample_resources`, placeholder bytes; give real models here)."""
+        return sample_resources(session)
+
     def invalid_args(
         self, op: Op, resources: Mapping[ResourceType, Resource]
     ) -> list[tuple[Any, ...]]:
@@ -447,7 +477,7 @@ class BackendConformance:
 
     def run_valid(self, session: Session, ops: list[Op]) -> None:
         """Every op with valid arguments; results checked against the catalog."""
-        resources = sample_resources(session)
+        resources = self.make_resources(session)
         for op in ops:
             args = self.sample_args(op, resources)
             try:
@@ -494,8 +524,8 @@ class BackendConformance:
             self.open_session(registry) as session,
             self.open_session(registry) as other,
         ):
-            resources = sample_resources(session)
-            foreign = sample_resources(other)
+            resources = self.make_resources(session)
+            foreign = self.make_resources(other)
             for op in self.declared(registry):
                 spec = CATALOG[op]
                 good = self.sample_args(op, resources)
@@ -528,7 +558,7 @@ class BackendConformance:
             with self._registry() as registry:
                 ops = self.declared(registry)
                 session = self.open_session(registry)
-                resources = sample_resources(session)
+                resources = self.make_resources(session)
                 for res in resources.values():
                     res.unregister(session)
                 session.release()
