@@ -352,11 +352,16 @@ class AgentProcess:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+_SELECTION = {"VACCEL_PLUGINS", "VACCEL_BACKENDS", "VACCEL_RPC_ADDRESS", "VACCEL_VSOCK"}
+
+
 def start_agent(plugins: str, *, timeout: float = 30.0) -> AgentProcess:
     """Start ``python -m agent -a unix://TMP/agent.sock --plugins PLUGINS`` with this
-    interpreter and this process's import path, and wait until it listens."""
+    interpreter, this process's import path and environment (less the variables that select
+    backends or an agent), and wait until it listens."""
     folder = Path(tempfile.mkdtemp(prefix="vaccel-kit-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VACCEL_")}
+    # The settings the in-process sessions see, less those that pick backends or an agent.
+    env = {k: v for k, v in os.environ.items() if k not in _SELECTION}
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     cmd = [sys.executable, "-m", "agent", "-a", f"unix://{folder / 'agent.sock'}"]
@@ -468,8 +473,14 @@ class BackendConformance:
             pytest.skip(f"backend {self.backend!r} is unavailable here: {info.reason}")
         return registry
 
+    def config(self) -> Config:
+        """The sessions' configuration: the environment's, with only this backend."""
+        config = Config.from_env()
+        config.plugins = [self.backend]
+        return config
+
     def open_session(self, registry: PluginRegistry) -> Session:
-        return Session(config=Config(plugins=[self.backend]), registry=registry)
+        return Session(config=self.config(), registry=registry)
 
     def declared(self, registry: PluginRegistry) -> list[Op]:
         ops = registry.backends[self.backend].cls.operations()
@@ -613,7 +624,8 @@ class BackendConformance:
             remote = PluginRegistry()
             remote.load_entrypoints()
             try:
-                config = Config(plugins=["rpc"], rpc_address=agent.address)
+                config = self.config()
+                config.plugins, config.rpc_address = ["rpc"], agent.address
                 with Session(config=config, registry=remote) as session:
                     self.run_valid(session, ops)
             finally:
