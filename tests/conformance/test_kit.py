@@ -170,3 +170,23 @@ def test_check_result_types() -> None:
         check_result("opencv", [b"x"], ([b"a"], 2))
     with pytest.raises(AssertionError, match=r"result 'outputs'\['y'\]: expected str -> numpy"):
         check_result("model_run", {"y": [1.0]})
+
+
+def test_agent_part_skips_without_the_remote_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from vaccel_core import testing
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "grpc" else real(name, *a)
+    )
+    assert testing.missing_remote_extra() == (
+        "grpc is not installed: the agent part needs pip install 'pyvaccel[remote]'"
+    )
+
+    class Kit(BackendConformance):
+        backend = "noop"
+
+    with pytest.raises(pytest.skip.Exception, match=r"pyvaccel\[remote\]"):
+        Kit().test_behind_agent()
