@@ -146,15 +146,17 @@ class UnixTransport(Transport):
 
     def connect(self, address: Address, options: TransportOptions) -> Channel:
         path = socket_path(address)
+        grpc = address.speaks("ttrpc") == "grpc"
+        if grpc:
+            require_grpc(address)
         if not path.exists():  # at once: gRPC would retry until connect_timeout
             raise RemoteError(
                 f"cannot reach the vAccel agent at {address}: no socket at {path} (is "
                 f"vaccel-agent listening there?)"
             )
-        if address.speaks("ttrpc") == "grpc":
+        if grpc:
             from .grpc_client import GrpcChannel
 
-            require_grpc(address)
             return GrpcChannel(f"unix:{path}", str(address), options)
         from .ttrpc.client import TtrpcChannel
 
