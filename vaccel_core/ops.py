@@ -9,11 +9,13 @@ upstream number, kept for ``genop`` and for display.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidArgumentError
+import numpy as np
+
+from .errors import BackendError, InvalidArgumentError
 
 
 class Kind(enum.Enum):
@@ -255,6 +257,113 @@ def result_bytes(spec: OpSpec, args: Sequence[Any]) -> int | None:
         return spec.result_bytes(args)
     except Exception:
         return None
+
+
+# Result checks --------------------------------------------------------------------------------
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+_NUMBER = (int, float, np.integer, np.floating)
+
+
+def _brief(value: Any) -> str:
+    """What a value is, in a few words (for an error message)."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array of shape {value.shape}"
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(_brief(v) for v in value[:3]) + (", ..." if len(value) > 3 else "")
+        return f"{type(value).__name__} of {len(value)} ({inner})"
+    if isinstance(value, str):
+        return f"str {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if isinstance(value, _BYTES_LIKE):
+        return f"{type(value).__name__} of {memoryview(value).nbytes} bytes"
+    if isinstance(value, Mapping):
+        return f"{type(value).__name__} of {len(value)} entries"
+    return type(value).__name__
+
+
+def expected_result(param: Param) -> str:
+    """What a backend must return for one result, in words (also used by docs/operations.md)."""
+    kind = param.kind
+    if kind is Kind.TENSOR:
+        dtype = f"{param.dtype} " if param.dtype else ""
+        ndim = f" of {param.ndim} dimensions" if param.ndim is not None else ""
+        return f"a {dtype}numpy array{ndim}"
+    return {
+        Kind.BYTES: "bytes (or bytearray, memoryview)",
+        Kind.STR: "a str",
+        Kind.INT: "an int",
+        Kind.FLOAT: "a float (or int)",
+        Kind.TENSORS: "a list (or tuple) of numpy arrays",
+        Kind.NAMED_TENSORS: "a dict of name -> numpy array (or a list of numpy arrays)",
+        Kind.BYTES_LIST: "a list (or tuple) of bytes",
+        Kind.INT_LIST: "a list (or tuple) of ints",
+        Kind.STR_LIST: "a list (or tuple) of str",
+        Kind.RESOURCE: "a Resource",
+    }[kind]
+
+
+def _result_ok(param: Param, value: Any) -> bool:
+    kind = param.kind
+    if kind is Kind.TENSOR:
+        return (
+            isinstance(value, np.ndarray)
+            and (param.dtype is None or value.dtype.name == param.dtype)
+            and (param.ndim is None or value.ndim == param.ndim)
+        )
+    if kind is Kind.STR:
+        return isinstance(value, str)
+    if kind is Kind.FLOAT:
+        return isinstance(value, _NUMBER) and not isinstance(value, bool)
+    if kind is Kind.INT:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if kind is Kind.BYTES:
+        return isinstance(value, _BYTES_LIKE)
+    if kind is Kind.NAMED_TENSORS and isinstance(value, Mapping):
+        return all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in value.items())
+    if not isinstance(value, (list, tuple)):
+        return False
+    item: Any = {
+        Kind.TENSORS: np.ndarray,
+        Kind.NAMED_TENSORS: np.ndarray,
+        Kind.BYTES_LIST: _BYTES_LIKE,
+        Kind.INT_LIST: (int, np.integer),
+        Kind.STR_LIST: str,
+    }.get(kind, object)
+    return all(isinstance(v, item) for v in value)
+
+
+def check_result(spec: OpSpec, value: Any, backend_name: str) -> None:
+    """Check what backend ``backend_name`` returned for ``spec`` against the catalog: None
+    for no result, the value itself for one, a tuple (or list) of them in catalog order for
+    several. Raises :class:`~vaccel_core.errors.BackendError` naming the backend, the operation,
+    what was expected and what was got."""
+    results = spec.results
+    if len(results) == 1:
+        if not _result_ok(results[0], value):
+            _bad_result(spec, backend_name, results[0], value)
+        return
+    if not results:
+        if value is not None:
+            raise BackendError(
+                f"{spec.method}: backend {backend_name!r} returned an invalid result: "
+                f"expected None (the operation has no result), got {_brief(value)}"
+            )
+        return
+    if not isinstance(value, (tuple, list)) or len(value) != len(results):
+        names = ", ".join(r.name for r in results)
+        raise BackendError(
+            f"{spec.method}: backend {backend_name!r} returned an invalid result: "
+            f"expected a tuple of {len(results)} results ({names}), got {_brief(value)}"
+        )
+    for param, item in zip(results, value, strict=True):
+        if not _result_ok(param, item):
+            _bad_result(spec, backend_name, param, item)
+
+
+def _bad_result(spec: OpSpec, backend_name: str, param: Param, value: Any) -> None:
+    raise BackendError(
+        f"{spec.method}: backend {backend_name!r} returned an invalid result {param.name!r}: "
+        f"expected {expected_result(param)}, got {_brief(value)}"
+    )
 
 
 _SPECS: list[OpSpec] = [

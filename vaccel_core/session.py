@@ -15,7 +15,7 @@ from .config import Config, get_config
 from .dispatch import find_backend, select_backends
 from .errors import BackendError, InvalidArgumentError, SessionError, VaccelError
 from .log import ensure_logging, logger
-from .ops import CATALOG, Op, resolve_op
+from .ops import CATALOG, Op, OpSpec, check_result, resolve_op
 from .plugins import PluginRegistry, get_registry
 from .profiling import Profiler, Region
 from .resource import Resource
@@ -49,8 +49,9 @@ class Session:
         self._lock = threading.RLock()
         self._closed = True
         self._resources: dict[int, Resource] = {}
-        #: Each operation resolved so far: its backend's method and its profiling region name.
-        self._table: dict[Op, tuple[Callable[..., Any], str]] = {}
+        #: Each operation resolved so far: its backend's method, its profiling region name, its
+        #: catalog entry and the backend's name (results are checked against the catalog).
+        self._table: dict[Op, tuple[Callable[..., Any], str, OpSpec, str]] = {}
         self._owner: dict[Op, Backend] = {}
         self.profiler: Profiler | None = Profiler() if self.config.profiling else None
         #: Free-form per-session data for embedding code (the agent records its client here).
@@ -170,9 +171,10 @@ class Session:
             backend = self._owner[op]
         return backend
 
-    def _resolve(self, op: Op) -> tuple[Callable[..., Any], str]:
+    def _resolve(self, op: Op) -> tuple[Callable[..., Any], str, OpSpec, str]:
         backend = find_backend(self.backends, op)
-        entry = (getattr(backend, CATALOG[op].method), op.value)
+        spec = CATALOG[op]
+        entry = (getattr(backend, spec.method), op.value, spec, backend.name)
         self._owner[op] = backend
         self._table[op] = entry
         return entry
@@ -180,10 +182,10 @@ class Session:
     def _invoke(self, op: Op, args: Sequence[Any]) -> Any:
         if self._closed:
             raise SessionError(f"{CATALOG[op].method}: session {self.id} is released")
-        fn, region = self._table.get(op) or self._resolve(op)
+        fn, region, spec, name = self._table.get(op) or self._resolve(op)
         start = time.perf_counter_ns() if self.profiler is not None else 0
         try:
-            return fn(self, *args)
+            result = fn(self, *args)
         except VaccelError:
             raise
         except Exception as exc:
@@ -195,6 +197,9 @@ class Session:
         finally:
             if self.profiler is not None:
                 self.profiler.record(region, time.perf_counter_ns() - start)
+        if result is not None or spec.results:
+            check_result(spec, result, name)
+        return result
 
     def _call(self, op: Op, args: Sequence[Any]) -> Any:
         spec = CATALOG[op]
