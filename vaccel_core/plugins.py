@@ -3,14 +3,21 @@
 pluggy's own ``load_setuptools_entrypoints`` stops at the first plugin that fails to import.
 Here each entry point is loaded, registered and asked for its backends/transports on its own;
 a failure is recorded with the distribution, version and error, and the others still load.
-``VACCEL_PLUGINS_STRICT=1`` turns any such failure into a :class:`PluginError`.
+``VACCEL_PLUGINS_STRICT=1`` turns such failures into one :class:`PluginError` that lists every
+plugin that failed and why (after trying them all).
+
+A backend's ``init`` runs once per process, before its first session; its ``fini`` runs once:
+at :meth:`PluginRegistry.shutdown`, or when the interpreter exits (an ``atexit`` hook), whichever
+comes first.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib.metadata as md
 import threading
 import traceback
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,10 +94,26 @@ class PluginRegistry:
         self.transports: dict[str, PluginInfo] = {}
         self.failures: list[PluginFailure] = []
         self._lock = threading.RLock()
+        #: While loading entry points, strict failures are collected and raised together.
+        self._defer_strict = False
 
     # Loading -------------------------------------------------------------------------------
     def load_entrypoints(self, groups: Iterable[str] = (BACKEND_GROUP, TRANSPORT_GROUP)) -> None:
-        """Load every entry point of the groups, each on its own."""
+        """Load every entry point of the groups, each on its own. In strict mode, after trying
+        them all, raise one PluginError listing every plugin that failed and why."""
+        first = len(self.failures)
+        self._defer_strict = True
+        try:
+            self._load_entrypoints(groups)
+        finally:
+            self._defer_strict = False
+        failed = self.failures[first:]
+        if self.strict and failed:
+            listed = "; ".join(f.describe() for f in failed)
+            count = f"{len(failed)} plugin{'s' if len(failed) > 1 else ''} failed"
+            raise PluginError(f"{count} (VACCEL_PLUGINS_STRICT=1): {listed}")
+
+    def _load_entrypoints(self, groups: Iterable[str]) -> None:
         for group in groups:
             for ep in sorted(md.entry_points(group=group), key=lambda e: e.name):
                 dist, version = _dist_of(ep)
@@ -168,7 +191,7 @@ class PluginRegistry:
         self.failures.append(failure)
         logger.warning("plugin failed: %s", failure.describe())
         logger.debug("%s", "".join(traceback.format_exception(exc)))
-        if self.strict:
+        if self.strict and not self._defer_strict:
             raise PluginError(
                 f"plugin failed (VACCEL_PLUGINS_STRICT=1): {failure.describe()}"
             ) from exc
@@ -187,6 +210,7 @@ class PluginRegistry:
                 created = info.cls()
                 created.init()
                 info.instance = created
+                _started.add(self)
             instance: Backend = info.instance
             return instance
 
@@ -204,7 +228,8 @@ class PluginRegistry:
             return info.instance
 
     def shutdown(self) -> None:
-        """Call ``fini`` on every backend that was started."""
+        """Call ``fini`` on every backend that was started (once: a backend already finished
+        is not finished again; one used again afterwards is started afresh)."""
         with self._lock:
             for info in self.backends.values():
                 if info.instance is not None:
@@ -217,6 +242,18 @@ class PluginRegistry:
 
 _registry: PluginRegistry | None = None
 _registry_lock = threading.Lock()
+#: Registries with started backends: their ``fini`` runs at interpreter exit.
+_started: weakref.WeakSet[PluginRegistry] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    """Backends' ``fini`` when a program exits without an explicit shutdown."""
+    for registry in list(_started):
+        try:
+            registry.shutdown()
+        except Exception:  # pragma: no cover - shutdown logs each fini failure itself
+            logger.exception("shutting the backends down at exit failed")
 
 
 def get_registry() -> PluginRegistry:
