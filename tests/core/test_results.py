@@ -43,6 +43,9 @@ class WrongBackend(Backend):
     def fpga_parallel(self, session: Session, a: Any, b: Any) -> Any:
         return a + b, [1.0]  # second result is a list, not an array
 
+    def pose(self, session: Session, image: bytes) -> Any:
+        raise RuntimeError("device on fire")  # not a result problem: any exception
+
     def exec(self, session: Session, library: str, fn: str, read: Any, sizes: Any) -> Any:
         return ["not bytes"]
 
@@ -147,3 +150,46 @@ def test_the_noop_backend_passes_every_check() -> None:
         for op in Op:
             assert op in NoopBackend.operations()
             s.genop(op, *sample_args(op, resources))
+
+
+@pytest.mark.parametrize(
+    ("op", "expected"),
+    [
+        ("detect", "detect: backend 'wrong' returned an invalid result 'imgname': expected a str"),
+        ("classify", "classify: backend 'wrong' returned an invalid result: expected a tuple"),
+        ("pose", "pose: backend 'wrong' failed: RuntimeError: device on fire"),
+    ],
+)
+def test_through_the_agent_a_wrong_result_is_internal(op: str, expected: str) -> None:
+    """The agent's service, straight (no transport): the guest gets INTERNAL + EPROTO with the
+    message naming the backend, the operation and what was expected (or, for any exception a
+    backend raises, the exception; docs/plugins.md says so)."""
+    import errno
+
+    pytest.importorskip("google.protobuf", reason="the agent needs the remote extra")
+    from agent.service import AgentService
+    from tests.catalog_samples import PNG_1PX
+    from vaccel_core import Config
+    from vaccel_core.transport import CallError, Message, Peer
+
+    svc = AgentService(
+        Config(plugins=["wrong"]),
+        make_registry(WrongBackend, with_noop=False),
+        session_ttl=None,
+    )
+    try:
+        pb, peer = svc.pb, Peer("p")
+        created = svc.handle(
+            "CreateSession", Message(pb.CreateSessionRequest().SerializeToString()), peer
+        )
+        sid = pb.CreateSessionResponse.FromString(bytes(created.payload)).session_id
+        wire = CATALOG[Op(f"image_{op}")].name
+        request = pb.OpRequest(session_id=sid, op=wire)
+        getattr(request, wire).image.inline = PNG_1PX
+        with pytest.raises(CallError) as info:
+            svc.handle("Run", Message(request.SerializeToString()), peer)
+        assert info.value.status == "INTERNAL"
+        assert info.value.code == errno.EPROTO
+        assert expected in info.value.message
+    finally:
+        svc.close()
