@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -301,26 +301,31 @@ def expected_result(param: Param) -> str:
     }[kind]
 
 
-def _result_ok(param: Param, value: Any) -> bool:
+def _result_predicate(param: Param) -> Callable[[Any], bool]:
+    """A fast test of one result against its catalog entry (built once per operation)."""
     kind = param.kind
     if kind is Kind.TENSOR:
-        return (
-            isinstance(value, np.ndarray)
-            and (param.dtype is None or value.dtype.name == param.dtype)
-            and (param.ndim is None or value.ndim == param.ndim)
-        )
+        dtype = np.dtype(param.dtype) if param.dtype is not None else None
+        ndim = param.ndim
+
+        def tensor(value: Any) -> bool:
+            return (
+                isinstance(value, np.ndarray)
+                and (dtype is None or value.dtype == dtype)
+                and (ndim is None or value.ndim == ndim)
+            )
+
+        return tensor
     if kind is Kind.STR:
-        return isinstance(value, str)
+        return lambda value: isinstance(value, str)
     if kind is Kind.FLOAT:
-        return isinstance(value, _NUMBER) and not isinstance(value, bool)
+        return lambda value: type(value) is float or (
+            isinstance(value, _NUMBER) and not isinstance(value, bool)
+        )
     if kind is Kind.INT:
-        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        return lambda value: isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     if kind is Kind.BYTES:
-        return isinstance(value, _BYTES_LIKE)
-    if kind is Kind.NAMED_TENSORS and isinstance(value, Mapping):
-        return all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in value.items())
-    if not isinstance(value, (list, tuple)):
-        return False
+        return lambda value: isinstance(value, _BYTES_LIKE)
     item: Any = {
         Kind.TENSORS: np.ndarray,
         Kind.NAMED_TENSORS: np.ndarray,
@@ -328,7 +333,54 @@ def _result_ok(param: Param, value: Any) -> bool:
         Kind.INT_LIST: (int, np.integer),
         Kind.STR_LIST: str,
     }.get(kind, object)
-    return all(isinstance(v, item) for v in value)
+    named = kind is Kind.NAMED_TENSORS
+
+    def sequence(value: Any) -> bool:
+        if named and isinstance(value, Mapping):
+            return all(isinstance(k, str) and isinstance(v, item) for k, v in value.items())
+        return isinstance(value, (list, tuple)) and all(isinstance(v, item) for v in value)
+
+    return sequence
+
+
+def _whole_predicate(predicates: tuple[Callable[[Any], bool], ...]) -> Callable[[Any], bool]:
+    """One test of a backend's whole return value: None, the value bare, or a tuple/list."""
+    count = len(predicates)
+    if count == 0:
+        return lambda value: value is None
+    if count == 1:
+        return predicates[0]
+    if count == 2:
+        p0, p1 = predicates
+        return lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and p0(v[0]) and p1(v[1])
+    if count == 3:
+        p0, p1, p2 = predicates
+        return lambda v: (
+            isinstance(v, (tuple, list)) and len(v) == 3 and p0(v[0]) and p1(v[1]) and p2(v[2])
+        )
+    return lambda v: (
+        isinstance(v, (tuple, list))
+        and len(v) == count
+        and all(p(x) for p, x in zip(predicates, v, strict=True))
+    )
+
+
+#: Per operation spec (by identity: hashing a spec hashes all its fields): the spec, a test of
+#: the whole return value and one predicate per result; filled on first use.
+_RESULT_PREDICATES: dict[
+    int, tuple[OpSpec, Callable[[Any], bool], tuple[Callable[[Any], bool], ...]]
+] = {}
+
+
+def _predicates(
+    spec: OpSpec,
+) -> tuple[OpSpec, Callable[[Any], bool], tuple[Callable[[Any], bool], ...]]:
+    entry = _RESULT_PREDICATES.get(id(spec))
+    if entry is None or entry[0] is not spec:
+        each = tuple(_result_predicate(r) for r in spec.results)
+        entry = (spec, _whole_predicate(each), each)
+        _RESULT_PREDICATES[id(spec)] = entry
+    return entry
 
 
 def check_result(spec: OpSpec, value: Any, backend_name: str) -> None:
@@ -336,30 +388,32 @@ def check_result(spec: OpSpec, value: Any, backend_name: str) -> None:
     for no result, the value itself for one, a tuple (or list) of them in catalog order for
     several. Raises :class:`~vaccel_core.errors.BackendError` naming the backend, the operation,
     what was expected and what was got."""
+    entry = _RESULT_PREDICATES.get(id(spec))
+    if entry is None or entry[0] is not spec:
+        entry = _predicates(spec)
+    if entry[1](value):
+        return
+    predicates = entry[2]
     results = spec.results
     if len(results) == 1:
-        if not _result_ok(results[0], value):
-            _bad_result(spec, backend_name, results[0], value)
-        return
+        _bad_result(spec, backend_name, results[0], value)
     if not results:
-        if value is not None:
-            raise BackendError(
-                f"{spec.method}: backend {backend_name!r} returned an invalid result: "
-                f"expected None (the operation has no result), got {_brief(value)}"
-            )
-        return
+        raise BackendError(
+            f"{spec.method}: backend {backend_name!r} returned an invalid result: "
+            f"expected None (the operation has no result), got {_brief(value)}"
+        )
     if not isinstance(value, (tuple, list)) or len(value) != len(results):
         names = ", ".join(r.name for r in results)
         raise BackendError(
             f"{spec.method}: backend {backend_name!r} returned an invalid result: "
             f"expected a tuple of {len(results)} results ({names}), got {_brief(value)}"
         )
-    for param, item in zip(results, value, strict=True):
-        if not _result_ok(param, item):
+    for predicate, param, item in zip(predicates, results, value, strict=True):
+        if not predicate(item):
             _bad_result(spec, backend_name, param, item)
 
 
-def _bad_result(spec: OpSpec, backend_name: str, param: Param, value: Any) -> None:
+def _bad_result(spec: OpSpec, backend_name: str, param: Param, value: Any) -> NoReturn:
     raise BackendError(
         f"{spec.method}: backend {backend_name!r} returned an invalid result {param.name!r}: "
         f"expected {expected_result(param)}, got {_brief(value)}"
