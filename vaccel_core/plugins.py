@@ -242,7 +242,9 @@ class PluginRegistry:
 
 _registry: PluginRegistry | None = None
 _registry_lock = threading.Lock()
-#: Registries with started backends: their ``fini`` runs at interpreter exit.
+#: Registries with started backends: their ``fini`` runs at interpreter exit. Held weakly: the
+#: process-wide registry lives until exit; a private one a program dropped early is not kept
+#: alive for this (its backends' fini then does not run).
 _started: weakref.WeakSet[PluginRegistry] = weakref.WeakSet()
 
 
