@@ -153,12 +153,13 @@ class TtrpcChannel(Channel):
         """Why the connection was lost (the agent went away), or None while it is up."""
         if self._lost is not None or self._closed or self._reading or self._waiting:
             return self._lost
-        # Nobody reads: an agent that closed the connection shows as readable EOF. One poll
-        # (no lock) when nothing is pending: the rpc backend asks before every call.
-        if not self._reader.wait(0):
-            return None
+        # Nobody reads: an agent that closed the connection shows as readable EOF. Checked
+        # under the lock, which a thread must hold to become the reader: the reader's poll
+        # object is never used by two threads at once (poll() refuses that).
         with self._lock:
-            if self._lost is None and not self._reading and not self._waiting:
+            if self._lost is not None or self._closed or self._reading or self._waiting:
+                return self._lost
+            if self._reader.wait(0):
                 try:
                     peeked = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
                 except BlockingIOError:
