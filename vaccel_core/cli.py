@@ -148,7 +148,23 @@ class Command:
     plugin: str
 
 
-BUILTIN = ("plugins", "noop")
+BUILTIN = ("plugins", "noop", "new-backend")
+
+
+def cmd_new_backend(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .testing import new_backend
+
+    dest = Path(args.dest or f"vaccel-{args.name.replace('_', '-')}")
+    try:
+        written = new_backend(args.name, dest)
+    except (ValueError, OSError) as exc:
+        print(f"vaccel new-backend: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote backend project {args.name!r} into {written}")
+    print(f"next: pip install -e {written} && pytest {written / 'tests'}")
+    return 0
 
 
 def plugin_commands(registry: PluginRegistry) -> list[Command]:
@@ -230,6 +246,21 @@ def build_parser(registry: PluginRegistry | None = None) -> argparse.ArgumentPar
         help="ask for the REMOTE backend (needs VACCEL_PLUGINS=rpc and VACCEL_RPC_ADDRESS)",
     )
     p.set_defaults(func=cmd_noop)
+    p = sub.add_parser(
+        "new-backend",
+        help="write a new backend project (a pip package) from the template",
+        description="Write a pip package vaccel-NAME with a backend NAME (noop, classify, sgemm), "
+        "its vaccel.backends entry point, a README and a conformance test, ready to edit.",
+    )
+    p.add_argument("name", metavar="NAME", help="backend name: lower-case letters, digits, _")
+    p.add_argument(
+        "dest",
+        metavar="DEST",
+        nargs="?",
+        default=None,
+        help="folder to create (must not exist or be empty); default ./vaccel-NAME",
+    )
+    p.set_defaults(func=cmd_new_backend)
     if registry is None:
         try:
             registry = get_registry()

@@ -179,3 +179,32 @@ def test_models_comes_from_the_onnxruntime_plugin() -> None:
     registry.register_plugin(plugin, "onnxruntime")
     commands = {c.name: c for c in vaccel_cli.plugin_commands(registry)}
     assert commands["models"].plugin == "onnxruntime"
+
+
+def test_new_backend_writes_a_project_from_the_template(tmp_path: Path) -> None:
+    out = _run("-m", "vaccel_core.cli", "new-backend", "my_gpu", str(tmp_path / "p"))
+    assert out.returncode == 0, out.stderr
+    assert "wrote backend project 'my_gpu'" in out.stdout
+    pyproject = (tmp_path / "p" / "pyproject.toml").read_text()
+    assert "vaccel-my-gpu" in pyproject and "__NAME__" not in pyproject
+    assert (tmp_path / "p" / "vaccel_my_gpu" / "__init__.py").is_file()
+    again = _run("-m", "vaccel_core.cli", "new-backend", "my_gpu", str(tmp_path / "p"))
+    assert again.returncode == 1
+    assert "exists and is not an empty folder" in again.stderr and "Traceback" not in again.stderr
+    bad = _run("-m", "vaccel_core.cli", "new-backend", "Bad-Name", str(tmp_path / "q"))
+    assert bad.returncode == 1 and "backend name 'Bad-Name'" in bad.stderr
+
+
+def test_new_backend_default_folder_is_named_after_the_package(tmp_path: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("VACCEL_")}
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
+    out = subprocess.run(
+        [sys.executable, "-m", "vaccel_core.cli", "new-backend", "fpga2"],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "vaccel-fpga2" / "vaccel_fpga2").is_dir()
