@@ -62,41 +62,69 @@ def plugins_report(registry: PluginRegistry) -> dict[str, Any]:
     }
 
 
-def _print_plugins(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+#: Below this width (80 columns when piped) the report is a list, one field a line: a table of
+#: seven columns would have to cut or fold every cell.
+TABLE_MIN_WIDTH = 120
 
-    console = Console()
+
+def _plugin_rows(report: dict[str, Any]) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    """(section title, [(field, value, style)] per plugin) for the report."""
+    sections: list[tuple[str, list[tuple[str, str, str]]]] = []
     for kind in ("backends", "transports"):
-        table = Table(title=kind.capitalize(), title_justify="left")
-        for col in ("name", "distribution", "version", "status", "reason / details"):
-            table.add_column(col)
-        if kind == "backends":
-            table.add_column("type")
-            table.add_column("operations")
         for e in report[kind]:
             style = "green" if e["status"] == "loaded" else "yellow"
             note = e["reason"] or ", ".join(f"{k}={v}" for k, v in e.get("details", {}).items())
-            row = [
-                e["name"],
-                e["distribution"],
-                e["version"],
-                f"[{style}]{e['status']}[/]",
-                note or "",
+            fields = [
+                ("name", str(e["name"]), "bold"),
+                ("distribution", str(e["distribution"]), ""),
+                ("version", str(e["version"]), ""),
+                ("status", str(e["status"]), style),
+                ("reason / details", note or "", ""),
             ]
             if kind == "backends":
                 ops = e["operations"]
-                row += ["|".join(e["type"]), f"{len(ops)} ops" if len(ops) > 6 else ", ".join(ops)]
-            table.add_row(*row)
-        console.print(table)
-    if report["failures"]:
-        table = Table(title="Failed to load", title_justify="left")
-        for col in ("group", "name", "distribution", "version", "error"):
-            table.add_column(col)
-        for f in report["failures"]:
-            table.add_row(
-                f["group"], f["name"], f["distribution"], f["version"], f"[red]{f['error']}[/]"
-            )
+                shown = f"{len(ops)} ops" if len(ops) > 6 else ", ".join(ops)
+                fields += [("type", "|".join(e["type"]), ""), ("operations", shown, "")]
+            sections.append((kind.capitalize(), fields))
+    for f in report["failures"]:
+        fields = [(k, str(f[k]), "bold" if k == "name" else "") for k in ("group", "name")]
+        fields += [(k, str(f[k]), "") for k in ("distribution", "version")]
+        fields.append(("error", str(f["error"]), "red"))
+        sections.append(("Failed to load", fields))
+    return sections
+
+
+def _print_plugins(report: dict[str, Any], console: Any = None) -> None:
+    """The report as tables on a wide terminal, as a list (one field a line) when narrow or
+    piped; cell text is never taken for console markup (``pip install 'pyvaccel[onnx]'``) and
+    never cut."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or Console()
+    rows = _plugin_rows(report)
+    if console.width < TABLE_MIN_WIDTH:
+        title = None
+        for section, fields in rows:
+            if section != title:
+                console.print(Text(section, style="bold underline"))
+                title = section
+            for i, (field, value, style) in enumerate(fields):
+                console.print(
+                    Text(f"{'-' if i == 0 else ' '} {field}: ") + Text(value, style=style),
+                    soft_wrap=True,
+                )
+        return
+    tables: dict[str, Table] = {}
+    for section, fields in rows:
+        table = tables.get(section)
+        if table is None:
+            table = tables[section] = Table(title=section, title_justify="left")
+            for field, _, _ in fields:
+                table.add_column(field, overflow="fold")
+        table.add_row(*(Text(value, style=style) for _, value, style in fields))
+    for table in tables.values():
         console.print(table)
 
 
