@@ -10,7 +10,6 @@ as on every host upstream runs on (x86_64, aarch64).
 
 from __future__ import annotations
 
-import enum
 import errno
 import struct
 from collections.abc import Sequence
@@ -19,42 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from vaccel_core.proto.upstream import ArgType
+
 from . import errors
-
-
-class ArgType(enum.IntEnum):
-    """``vaccel.genop.ArgType``: upstream's ``vaccel_arg_type_t``."""
-
-    RAW = 0
-    INT8 = 1
-    INT8_ARRAY = 2
-    INT16 = 3
-    INT16_ARRAY = 4
-    INT32 = 5
-    INT32_ARRAY = 6
-    INT64 = 7
-    INT64_ARRAY = 8
-    UINT8 = 9
-    UINT8_ARRAY = 10
-    UINT16 = 11
-    UINT16_ARRAY = 12
-    UINT32 = 13
-    UINT32_ARRAY = 14
-    UINT64 = 15
-    UINT64_ARRAY = 16
-    FLOAT32 = 17
-    FLOAT32_ARRAY = 18
-    FLOAT64 = 19
-    FLOAT64_ARRAY = 20
-    BOOL = 21
-    BOOL_ARRAY = 22
-    CHAR = 23
-    CHAR_ARRAY = 24
-    UCHAR = 25
-    UCHAR_ARRAY = 26
-    STRING = 27
-    BUFFER = 28
-    CUSTOM = 29
 
 
 @dataclass(frozen=True)

@@ -368,6 +368,13 @@ def test_every_enum_matches_upstream_values() -> None:
         assert got == expected, full_name
 
 
+def test_the_python_arg_type_enum_matches_upstream() -> None:
+    """``ArgType``, which the agent and the guest side use without protobuf, is upstream's."""
+    from vaccel_core.proto.upstream import ArgType
+
+    assert {t.name: t.value for t in ArgType} == ENUMS["vaccel.genop.ArgType"]
+
+
 def test_agent_service_methods_match_upstream() -> None:
     descriptor = _files()["sync_agent"]
     assert list(descriptor.services_by_name) == ["AgentService"]

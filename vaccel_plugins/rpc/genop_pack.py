@@ -16,7 +16,6 @@ write buffers back into our results. It knows nothing of protobuf or of the tran
 
 from __future__ import annotations
 
-import enum
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,42 +25,7 @@ import numpy as np
 
 from vaccel_core.errors import InvalidArgumentError, RemoteError
 from vaccel_core.ops import CATALOG, Op, OpSpec
-
-
-class ArgType(enum.IntEnum):
-    """Upstream's ``vaccel_arg_type`` (and ``vaccel.genop.ArgType`` on the wire)."""
-
-    RAW = 0
-    INT8 = 1
-    INT8_ARRAY = 2
-    INT16 = 3
-    INT16_ARRAY = 4
-    INT32 = 5
-    INT32_ARRAY = 6
-    INT64 = 7
-    INT64_ARRAY = 8
-    UINT8 = 9
-    UINT8_ARRAY = 10
-    UINT16 = 11
-    UINT16_ARRAY = 12
-    UINT32 = 13
-    UINT32_ARRAY = 14
-    UINT64 = 15
-    UINT64_ARRAY = 16
-    FLOAT32 = 17
-    FLOAT32_ARRAY = 18
-    FLOAT64 = 19
-    FLOAT64_ARRAY = 20
-    BOOL = 21
-    BOOL_ARRAY = 22
-    CHAR = 23
-    CHAR_ARRAY = 24
-    UCHAR = 25
-    UCHAR_ARRAY = 26
-    STRING = 27
-    BUFFER = 28
-    CUSTOM = 29
-
+from vaccel_core.proto.upstream import ArgType
 
 #: Little-endian struct formats of the scalar types (upstream's hosts are little-endian).
 _SCALAR_FORMATS: dict[ArgType, str] = {

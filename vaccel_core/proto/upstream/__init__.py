@@ -13,12 +13,51 @@ Regenerate the modules with ``python -m vaccel_core.proto.generate``.
 
 from __future__ import annotations
 
+import enum
 import functools
 import importlib
 from types import ModuleType, SimpleNamespace
 
 #: Full name of upstream's synchronous agent service (what its RPC plugin calls over ttrpc).
 SERVICE_NAME = "vaccel.sync.agent.AgentService"
+
+
+class ArgType(enum.IntEnum):
+    """``vaccel.genop.ArgType`` (upstream's ``vaccel_arg_type_t``) as a Python enum, for code
+    that packs or reads genop arguments without protobuf (the agent and the guest side; a
+    test checks it against the generated enum)."""
+
+    RAW = 0
+    INT8 = 1
+    INT8_ARRAY = 2
+    INT16 = 3
+    INT16_ARRAY = 4
+    INT32 = 5
+    INT32_ARRAY = 6
+    INT64 = 7
+    INT64_ARRAY = 8
+    UINT8 = 9
+    UINT8_ARRAY = 10
+    UINT16 = 11
+    UINT16_ARRAY = 12
+    UINT32 = 13
+    UINT32_ARRAY = 14
+    UINT64 = 15
+    UINT64_ARRAY = 16
+    FLOAT32 = 17
+    FLOAT32_ARRAY = 18
+    FLOAT64 = 19
+    FLOAT64_ARRAY = 20
+    BOOL = 21
+    BOOL_ARRAY = 22
+    CHAR = 23
+    CHAR_ARRAY = 24
+    UCHAR = 25
+    UCHAR_ARRAY = 26
+    STRING = 27
+    BUFFER = 28
+    CUSTOM = 29
+
 
 #: Attribute of the namespace -> generated module name (``<name>_pb2``).
 MODULES = (
