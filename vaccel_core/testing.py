@@ -113,8 +113,11 @@ def sample_resources(session: Session) -> dict[ResourceType, Resource]:
     return out
 
 
-def sample_args(op: Op, resources: Mapping[ResourceType, Resource]) -> tuple[Any, ...]:
-    """Arguments that pass the catalog's validation for ``op``."""
+def sample_args(
+    op: Op, resources: Mapping[ResourceType, Resource], image: bytes = PNG_32PX
+) -> tuple[Any, ...]:
+    """Arguments that pass the catalog's validation for ``op`` (``image`` for the image
+    operations)."""
     model = resources[ResourceType.MODEL]
     f32 = np.arange(6, dtype=np.float32)
     m23 = f32.reshape(2, 3)
@@ -123,11 +126,11 @@ def sample_args(op: Op, resources: Mapping[ResourceType, Resource]) -> tuple[Any
         Op.NOOP: (),
         Op.EXEC: ("libmytestlib.so", "mytestfunc", [b"\x01\x00\x00\x00"], [4]),
         Op.EXEC_WITH_RESOURCE: (resources[ResourceType.LIB], "mytestfunc", [b"abc"], [8]),
-        Op.IMAGE_CLASSIFY: (PNG_32PX,),
-        Op.IMAGE_DETECT: (PNG_32PX,),
-        Op.IMAGE_SEGMENT: (PNG_32PX,),
-        Op.IMAGE_POSE: (PNG_32PX,),
-        Op.IMAGE_DEPTH: (PNG_32PX,),
+        Op.IMAGE_CLASSIFY: (image,),
+        Op.IMAGE_DETECT: (image,),
+        Op.IMAGE_SEGMENT: (image,),
+        Op.IMAGE_POSE: (image,),
+        Op.IMAGE_DEPTH: (image,),
         Op.TF_MODEL_LOAD: (model,),
         Op.TF_MODEL_UNLOAD: (model,),
         Op.TF_MODEL_RUN: (model, ["in"], [m23], ["out"]),
