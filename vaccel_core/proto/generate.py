@@ -18,26 +18,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .upstream import MODULES as UPSTREAM_PROTOS  # one list: each .proto is one module
+
 PROTO_DIR = Path(__file__).resolve().parent
 ROOT = PROTO_DIR.parent.parent
 PROTO_NAME = "vaccel_core/proto/agent.proto"
 OUTPUTS = ("agent_pb2.py", "agent_pb2.pyi")
 
-#: Upstream vAccel's schema (vaccel-rust 0.5.0 ``vaccel-rpc-proto/protos``), our own files.
+#: Upstream vAccel's schema (vaccel-rust 0.5.0 ``vaccel-rpc-proto/protos``), our own files
+#: (UPSTREAM_PROTOS of them).
 UPSTREAM_DIR = "vaccel_core/proto/upstream"
-UPSTREAM_PROTOS = (
-    "vaccel",
-    "empty",
-    "session",
-    "resource",
-    "image",
-    "genop",
-    "tf",
-    "tflite",
-    "torch",
-    "profiling",
-    "sync_agent",
-)
 
 #: First line of agent_pb2.py: the sha256 of the agent.proto it was generated from.
 SOURCE_MARK = "# agent.proto sha256: "
