@@ -234,7 +234,7 @@ def test_a_socket_others_could_open_is_refused_unless_insecure(tmp_path: Path) -
 
 
 def test_client_tls_variables_are_checked() -> None:
-    from vaccel_plugins.rpc.backend import client_options
+    from vaccel_plugins.rpc.settings import client_options
 
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("VACCEL_RPC_TLS")}
     try:

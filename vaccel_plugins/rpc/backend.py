@@ -15,7 +15,6 @@ import contextlib
 import functools
 import importlib.util
 import os
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,17 +32,14 @@ from vaccel_core.flags import PluginType
 from vaccel_core.log import logger as _vaccel_logger
 from vaccel_core.ops import CATALOG, OpSpec
 from vaccel_core.transport import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    Address,
     Buffer,
     CallError,
     Channel,
     Message,
-    TlsOptions,
-    TransportOptions,
 )
 
 from . import codec
+from .channels import AgentChannels
 
 if TYPE_CHECKING:
     from vaccel_core.resource import Resource, ResourceFile
@@ -67,50 +63,6 @@ def _unreadable(resource: Resource, file: ResourceFile, exc: Exception) -> NotFo
 BLOB_CHUNK = 16 << 20
 
 
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise InvalidArgumentError(f"{name}: expected a number of seconds, got {value!r}") from None
-
-
-def _env_file(name: str) -> bytes | None:
-    """The credential file the environment variable ``name`` names, or None when unset."""
-    from vaccel_core.auth import read_credential
-
-    path = os.environ.get(name)
-    return read_credential(path, name) if path else None
-
-
-def client_options(**kwargs: Any) -> TransportOptions:
-    """Transport options of the guest side from the environment: TLS
-    (``VACCEL_RPC_TLS_CA``, ``VACCEL_RPC_TLS_CERT``, ``VACCEL_RPC_TLS_KEY``, PEM files;
-    ``VACCEL_RPC_TLS=1`` for TLS with the system's roots; ``VACCEL_RPC_TLS_SERVER_NAME`` to
-    check another name in the agent's certificate) and the bearer token
-    (``VACCEL_RPC_TOKEN_FILE``)."""
-    from vaccel_core.auth import read_token
-
-    ca = _env_file("VACCEL_RPC_TLS_CA")
-    cert = _env_file("VACCEL_RPC_TLS_CERT")
-    key = _env_file("VACCEL_RPC_TLS_KEY")
-    if (cert is None) != (key is None):
-        raise InvalidArgumentError(
-            "VACCEL_RPC_TLS_CERT and VACCEL_RPC_TLS_KEY: expected both (the client's "
-            "certificate and its key, for mutual TLS) or neither"
-        )
-    server_name = os.environ.get("VACCEL_RPC_TLS_SERVER_NAME") or None
-    wanted = os.environ.get("VACCEL_RPC_TLS", "").strip().lower() in {"1", "true", "yes"}
-    tls = None
-    if wanted or ca is not None or cert is not None or server_name:
-        tls = TlsOptions(cert=cert, key=key, ca=ca, server_name=server_name)
-    token_file = os.environ.get("VACCEL_RPC_TOKEN_FILE")
-    token = read_token(token_file, "VACCEL_RPC_TOKEN_FILE") if token_file else None
-    return TransportOptions(tls=tls, token=token, **kwargs)
-
-
 @dataclass
 class _Remote:
     """The agent-side twin of one local session."""
@@ -121,7 +73,7 @@ class _Remote:
     resources: dict[int, int] = field(default_factory=dict)  # local resource id -> remote id
 
 
-class RpcBackend(Backend):
+class RpcBackend(AgentChannels, Backend):
     """Forwards everything to the vAccel agent at VACCEL_RPC_ADDRESS."""
 
     name = "rpc"
@@ -136,14 +88,7 @@ class RpcBackend(Backend):
         return None
 
     def __init__(self) -> None:
-        self.op_timeout = _env_float("VACCEL_RPC_TIMEOUT", 300.0)
-        self.control_timeout = min(self.op_timeout, 30.0)
-        self.connect_timeout = _env_float("VACCEL_RPC_CONNECT_TIMEOUT", 5.0)
-        self.max_message_bytes = int(
-            _env_float("VACCEL_RPC_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)
-        )
-        self._lock = threading.Lock()
-        self._channels: dict[str, Channel] = {}
+        self._init_channels()
         self._remotes: dict[int, _Remote] = {}
 
     @functools.cached_property
@@ -154,39 +99,7 @@ class RpcBackend(Backend):
         return pb()
 
     def fini(self) -> None:
-        with self._lock:
-            channels = list(self._channels.values())
-            self._channels.clear()
-        for channel in channels:
-            channel.close()
-
-    # Connections ---------------------------------------------------------------------------
-    def _channel(self, address: str) -> Channel:
-        with self._lock:
-            channel = self._channels.get(address)
-            if channel is not None and getattr(channel, "lost", None):
-                del self._channels[address]
-                channel.close()
-                channel = None
-            if channel is None:
-                from vaccel_core.plugins import get_registry
-
-                parsed = Address.parse(address)
-                transport = get_registry().transport(parsed.scheme)
-                options = client_options(
-                    max_message_bytes=self.max_message_bytes,
-                    connect_timeout=self.connect_timeout,
-                )
-                channel = transport.connect(parsed, options)
-                self._channels[address] = channel
-                logger.info("connected to the vAccel agent at %s", address)
-            return channel
-
-    def _forget(self, address: str, channel: Channel) -> None:
-        with self._lock:
-            if self._channels.get(address) is channel:
-                del self._channels[address]
-        channel.close()
+        self._close_channels()
 
     def _call(
         self,
@@ -226,8 +139,7 @@ class RpcBackend(Backend):
         if remote is None:
             raise SessionError(f"{what}: session {session.id} has no remote session on the agent")
         lost = getattr(remote.channel, "lost", None)
-        with self._lock:
-            current = self._channels.get(remote.address)
+        current = self._current(remote.address)
         if lost or current is not remote.channel:
             raise SessionError(
                 f"{what}: session {session.id}: the connection to the vAccel agent at "

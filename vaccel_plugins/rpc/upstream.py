@@ -30,7 +30,6 @@ connections and has no tokens or TLS.
 from __future__ import annotations
 
 import importlib.util
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -52,7 +51,8 @@ from vaccel_core.ops import CATALOG, Op
 from vaccel_core.transport import Address, CallError, Message
 
 from . import genop_pack, upstream_tensors
-from .backend import _env_float, _unreadable, client_options
+from .backend import _unreadable
+from .channels import AgentChannels
 from .upstream_errors import upstream_error
 from .upstream_tensors import TF, TFLITE, TORCH, Framework
 
@@ -106,7 +106,7 @@ class _Held:
     sessions: set[int] = field(default_factory=set)
 
 
-class UpstreamRpcBackend(Backend):
+class UpstreamRpcBackend(AgentChannels, Backend):
     """Forwards sessions, resources and operations to an upstream vAccel agent."""
 
     name = "rpc-upstream"
@@ -118,6 +118,9 @@ class UpstreamRpcBackend(Backend):
     #: Outputs asked of TensorFlow Lite and Torch model runs (upstream needs the count; our
     #: API does not give it).
     nr_out_tensors = 1
+    #: Upstream's ttrpc fork takes frames up to 1 GiB.
+    default_max_message_bytes = UPSTREAM_MAX_MESSAGE_BYTES
+    agent_name = "upstream vAccel agent"
 
     @classmethod
     def probe(cls) -> str | None:
@@ -126,14 +129,7 @@ class UpstreamRpcBackend(Backend):
         return None
 
     def __init__(self) -> None:
-        self.op_timeout = _env_float("VACCEL_RPC_TIMEOUT", 300.0)
-        self.control_timeout = min(self.op_timeout, 30.0)
-        self.connect_timeout = _env_float("VACCEL_RPC_CONNECT_TIMEOUT", 5.0)
-        self.max_message_bytes = int(
-            _env_float("VACCEL_RPC_MAX_MESSAGE_BYTES", UPSTREAM_MAX_MESSAGE_BYTES)
-        )
-        self._lock = threading.Lock()
-        self._channels: dict[str, Any] = {}
+        self._init_channels()
         self._remotes: dict[int, _Remote] = {}
         self._held: dict[tuple[str, int], _Held] = {}
         self._schema: Any = None
@@ -148,41 +144,11 @@ class UpstreamRpcBackend(Backend):
         return self._schema
 
     def fini(self) -> None:
-        with self._lock:
-            channels = list(self._channels.values())
-            self._channels.clear()
-        for channel in channels:
-            channel.close()
+        self._close_channels()
 
     # Connections ---------------------------------------------------------------------------
-    def _channel(self, address: str) -> Any:
-        with self._lock:
-            channel = self._channels.get(address)
-            if channel is not None and getattr(channel, "lost", None):
-                del self._channels[address]
-                channel.close()
-                channel = None
-            if channel is None:
-                from vaccel_core.plugins import get_registry
-
-                parsed = upstream_address(address)
-                options = client_options(
-                    max_message_bytes=self.max_message_bytes,
-                    connect_timeout=self.connect_timeout,
-                )
-                channel = get_registry().transport(parsed.scheme).connect(parsed, options)
-                if not hasattr(channel, "invoke"):  # pragma: no cover - every scheme is ttrpc
-                    channel.close()
-                    raise RemoteError(f"{address}: the transport gave no ttrpc channel")
-                self._channels[address] = channel
-                logger.info("connected to the upstream vAccel agent at %s", address)
-            return channel
-
-    def _forget(self, address: str, channel: Any) -> None:
-        with self._lock:
-            if self._channels.get(address) is channel:
-                del self._channels[address]
-        channel.close()
+    def _address(self, address: str) -> Address:
+        return upstream_address(address)
 
     def _call(
         self,
@@ -222,8 +188,7 @@ class UpstreamRpcBackend(Backend):
         if remote is None:
             raise SessionError(f"{what}: session {session.id} has no session on the agent")
         lost = getattr(remote.channel, "lost", None)
-        with self._lock:
-            current = self._channels.get(remote.address)
+        current = self._current(remote.address)
         if lost or current is not remote.channel:
             raise SessionError(
                 f"{what}: session {session.id}: the connection to the upstream vAccel agent at "
