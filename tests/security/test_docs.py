@@ -34,7 +34,7 @@ def test_every_limit_is_an_agent_flag() -> None:
 
 
 def test_client_variables_are_the_ones_the_rpc_backend_reads() -> None:
-    source = (REPO / "vaccel_plugins" / "rpc" / "backend.py").read_text()
+    source = (REPO / "vaccel_plugins" / "rpc" / "settings.py").read_text()
     documented = set(re.findall(r"`(VACCEL_RPC_(?:TLS|TOKEN)[A-Z_]*)", DOC.read_text()))
     read = set(re.findall(r'"(VACCEL_RPC_(?:TLS|TOKEN)[A-Z_]*)"', source))
     assert documented == read
