@@ -1,4 +1,4 @@
-"""``python -m agent``: the same as ``vaccel-agent``."""
+"""``python -m vaccel_agent``: the same as ``vaccel-agent``."""
 
 import sys
 

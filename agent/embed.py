@@ -6,7 +6,7 @@ the sandbox's hybrid-vsock socket, with the settings of the Kata configuration f
 (``endpoint_port``, ``debug``) and the backends of the shim helper's ``VACCEL_BACKENDS``. This
 module is that, for a Python host process (a sandbox launcher, a test harness, a sidecar)::
 
-    from agent.embed import integrated
+    from vaccel_agent.embed import integrated
 
     with integrated("/run/vc/firecracker/<id>/root/kata.hvsock",
                     kata_config="/opt/kata/share/defaults/kata-containers/"

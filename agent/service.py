@@ -4,8 +4,8 @@ Sessions are ordinary :class:`vaccel_core.Session` objects made with the agent's
 configuration (the host's backends), so the same dispatcher runs them. Each belongs to the
 client connection (peer) that created it: another peer gets NOT_FOUND. When a peer goes away,
 or a session stays idle past the TTL, the agent releases it and its resources. Resource files
-arrive as blobs kept by sha256 (:mod:`agent.blobs`); registering a file the agent already holds
-sends only its digest.
+arrive as blobs kept by sha256 (:mod:`vaccel_agent.blobs`); registering a file the agent
+already holds sends only its digest.
 """
 
 from __future__ import annotations

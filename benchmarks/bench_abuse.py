@@ -1,7 +1,7 @@
 """Abuse benchmark (issue 9, "The agent is a trust boundary"): every attack of the issue against
 a real agent, with a victim client measured side by side.
 
-For each attack the benchmark starts a fresh agent process (``python -m agent`` with
+For each attack the benchmark starts a fresh agent process (``python -m vaccel_agent`` with
 ``--plugins noop``, listening on ``unix://``, ``tcp://127.0.0.1:0`` and ``virtio-mock://`` at
 once, soft RLIMIT_NOFILE 1024 as a service usually gets), then a **victim**: a client process
 of its own using the real rpc backend (``Session(PluginType.REMOTE)``, ``VACCEL_PLUGINS=rpc``,
@@ -73,8 +73,8 @@ GOAL_RATIO = 2.0
 
 def agent_limits(agent_args: list[str]) -> Any:
     """The limits the agent runs with: defaults, overridden by limit flags in ``agent_args``."""
-    from agent import limits as agent_limits_module
-    from agent.cli import build_parser
+    from vaccel_agent import limits as agent_limits_module
+    from vaccel_agent.cli import build_parser
 
     args, _unknown = build_parser().parse_known_args(agent_args)
     return agent_limits_module.Limits().with_values(agent_limits_module.from_arguments(args))
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.attack_timeout is None:
         opts.attack_timeout = 120.0 if opts.quick else 180.0
     if opts.rss_budget:
-        from agent.limits import parse_size
+        from vaccel_agent.limits import parse_size
 
         opts.rss_budget = parse_size(opts.rss_budget, "--rss-budget")
     specs = select_specs(opts.attack)

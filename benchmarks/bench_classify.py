@@ -50,7 +50,7 @@ DEFAULT_PHOTO = REPO / "examples" / "photos" / "dog.jpg"
 
 def start_agent(addresses: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, list[str]]:
     """Start ``vaccel-agent`` with the onnxruntime backend; returns it and its bound addresses."""
-    cmd = [sys.executable, "-m", "agent.cli", "--plugins", "onnxruntime"]
+    cmd = [sys.executable, "-m", "vaccel_agent.cli", "--plugins", "onnxruntime"]
     for address in addresses:
         cmd += ["-a", address]
     proc = subprocess.Popen(
@@ -166,7 +166,7 @@ def hybrid_vsock_stand_in(uds: str) -> None:
     hybrid-vsock VMM turns a guest's vsock connection into one (no VM here)."""
     import socket
 
-    from transports.vsock import VsockTransport, hybrid_vsock_path
+    from vaccel_transports.vsock import VsockTransport, hybrid_vsock_path
 
     def open_stream(self: object, target: Any, timeout: float) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -198,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from transports.vsock import hybrid_agent_address
     from vaccel_core import Config, Session
     from vaccel_plugins.onnxruntime import models
+    from vaccel_transports.vsock import hybrid_agent_address
 
     models.ensure_model(models.DEFAULT_MODEL)  # build before timing (once per cache folder)
     image = args.photo.read_bytes()

@@ -80,8 +80,8 @@ def echo_server(addresses: list[str]) -> int:
     and a bare ttrpc echo (``ttrpc+unix://`` addresses)."""
     import grpc
 
-    from transports.unix import UnixTransport
     from vaccel_core.transport import Address, TransportOptions
+    from vaccel_transports.unix import UnixTransport
 
     def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
         size = int(dict(context.invocation_metadata()).get("reply-size", len(request)))
@@ -172,8 +172,8 @@ def measure(
 
 def frame_sizes(channel: Any, fn: Callable[[], object]) -> tuple[int, int]:
     """Request and reply gRPC message sizes of one of our calls (spying on the channel)."""
-    from transports import grpc_framing
     from vaccel_core.transport import Message
+    from vaccel_transports import grpc_framing
 
     real = channel.call
     seen: list[int] = []
@@ -217,8 +217,8 @@ class BareTtrpc:
     """The bare ttrpc echo's client (our ttrpc channel, nothing above it)."""
 
     def __init__(self, address: str) -> None:
-        from transports.ttrpc.client import TtrpcChannel
         from vaccel_core.transport import TransportOptions
+        from vaccel_transports.ttrpc.client import TtrpcChannel
 
         path = address.partition("://")[2]
         self.channel = TtrpcChannel.connect_unix(path, TransportOptions(max_message_bytes=MAX))

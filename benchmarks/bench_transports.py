@@ -87,13 +87,13 @@ def serve(folder: str, name: str, tune: bool) -> None:
     import socket as s
 
     if tune:  # what vaccel-agent does at start (agent/cli.py): large blocks stay in the heap
-        from agent.allocator import tune_allocator
+        from vaccel_agent.allocator import tune_allocator
 
         tune_allocator()
 
-    from transports.vsock import VsockAddress, VsockTransport, hybrid_vsock_path
     from vaccel_core.plugins import get_registry
     from vaccel_core.transport import Address, TransportOptions
+    from vaccel_transports.vsock import VsockAddress, VsockTransport, hybrid_vsock_path
 
     uds = os.path.join(folder, "kata.hvsock")
 
@@ -189,9 +189,9 @@ def main() -> int:
         pong(args.pong)
         return 0
 
-    from transports.vsock import VsockTransport, hybrid_vsock_path
     from vaccel_core.plugins import get_registry
     from vaccel_core.transport import Address, Message, TransportOptions
+    from vaccel_transports.vsock import VsockTransport, hybrid_vsock_path
 
     folder = tempfile.mkdtemp(prefix="bench-transports-")
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -6,7 +6,7 @@ gRPC client all work against the same address. A connection's first byte tells t
 HTTP/2 client starts with its preface (``PRI * HTTP/2.0``, so ``P``), a ttrpc client with a
 frame header whose first byte is the high byte of a length far below 1.3 GB (so never ``P``).
 
-ttrpc connections are served here (:class:`~transports.ttrpc.server.TtrpcServer`); gRPC ones
+ttrpc connections are served here (:class:`~vaccel_transports.ttrpc.server.TtrpcServer`); gRPC ones
 are relayed byte for byte to the agent's gRPC server on a private unix socket (grpcio cannot
 take over a socket it did not accept), which costs gRPC clients a relay hop and nothing else.
 

@@ -4,7 +4,7 @@ Why asyncio: gRPC's threaded server gives a worker thread to every call as soon 
 arrive, so a client that sends headers and never the body holds a thread for as long as it
 likes (64 such calls froze the agent). Here receiving costs no thread: a call reaches a worker
 only once its whole request has arrived, and workers serve clients in turn
-(:class:`~transports._scheduler.FairExecutor`), so one client's queue never delays another's
+(:class:`~vaccel_transports._scheduler.FairExecutor`), so one client's queue never delays another's
 calls by more than one call each.
 
 Identity: a client opens an ``Attach`` stream and gets an unguessable capability in the first

@@ -4,7 +4,7 @@
 The service is one generic gRPC service named after agent.proto's ``vaccel.agent.v1.Agent``:
 every unary method takes and returns raw bytes (identity serializers), so the agent parses each
 payload exactly once. Out-of-band buffers travel in the same gRPC message (see
-:mod:`transports.grpc_framing`). A failed call ends with a gRPC status plus binary trailing
+:mod:`vaccel_transports.grpc_framing`). A failed call ends with a gRPC status plus binary trailing
 metadata ``vaccel-error-detail-bin`` (an ``ErrorDetail``) and ``vaccel-error-code``.
 
 Importing this module imports grpc: the tcp/unix plugin modules import it only when used.

@@ -359,7 +359,7 @@ _SELECTION = {"VACCEL_PLUGINS", "VACCEL_BACKENDS", "VACCEL_RPC_ADDRESS", "VACCEL
 
 
 def start_agent(plugins: str, *, timeout: float = 30.0) -> AgentProcess:
-    """Start ``python -m agent -a unix://TMP/agent.sock --plugins PLUGINS`` with this
+    """Start ``python -m vaccel_agent -a unix://TMP/agent.sock --plugins PLUGINS`` with this
     interpreter, this process's import path and environment (less the variables that select
     backends or an agent), and wait until it listens."""
     folder = Path(tempfile.mkdtemp(prefix="vaccel-kit-"))
@@ -367,7 +367,7 @@ def start_agent(plugins: str, *, timeout: float = 30.0) -> AgentProcess:
     env = {k: v for k, v in os.environ.items() if k not in _SELECTION}
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    cmd = [sys.executable, "-m", "agent", "-a", f"unix://{folder / 'agent.sock'}"]
+    cmd = [sys.executable, "-m", "vaccel_agent", "-a", f"unix://{folder / 'agent.sock'}"]
     cmd += ["--plugins", plugins]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=folder

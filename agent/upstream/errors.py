@@ -22,7 +22,7 @@ import errno
 import secrets
 from collections.abc import Sequence
 
-from agent.service import call_error
+from vaccel_agent.service import call_error
 from vaccel_core.errors import VaccelError
 from vaccel_core.log import logger as _vaccel_logger
 from vaccel_core.transport import CallError, StatusError

@@ -14,8 +14,8 @@ import errno
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from agent.limits import limit_error
-from agent.service import _check_file_name
+from vaccel_agent.limits import limit_error
+from vaccel_agent.service import _check_file_name
 from vaccel_core.errors import NotFoundError, VaccelError, clip
 from vaccel_core.ops import ResourceType
 from vaccel_core.transport import Peer
@@ -24,7 +24,7 @@ from . import errors
 from .state import State
 
 if TYPE_CHECKING:
-    from agent.service import AgentService, _AgentSession
+    from vaccel_agent.service import AgentService, _AgentSession
 
 #: Upstream's BlobType values a guest may send (FILE, BUFFER, MAPPED: all carry their bytes).
 BLOB_TYPES = (0, 1, 2)

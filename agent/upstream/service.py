@@ -29,7 +29,7 @@ from .resources import Resources
 from .state import State, check_id
 
 if TYPE_CHECKING:
-    from agent.service import AgentService
+    from vaccel_agent.service import AgentService
 
 logger = errors.logger
 
@@ -206,7 +206,7 @@ def _samples(total_ns: int, entries: int) -> list[int]:
 
 
 def _too_big(method: str, size: int, agent: AgentService) -> VaccelError:
-    from agent.limits import limit_error
+    from vaccel_agent.limits import limit_error
 
     return limit_error(
         method,

@@ -1,6 +1,6 @@
 """Our agent's sessions and resources as upstream's RPCs name them.
 
-Sessions are the agent's own (:class:`agent.service.AgentService`), owned by the connection
+Sessions are the agent's own (:class:`vaccel_agent.service.AgentService`), owned by the connection
 that created them: another client's session is "Unknown session", exactly as one that does not
 exist. Upstream ids are positive (a non-positive one is ``Invalid ID``, as upstream's
 ``VaccelId``).
@@ -25,7 +25,7 @@ from vaccel_core.transport import Peer
 from . import errors
 
 if TYPE_CHECKING:
-    from agent.service import AgentService, _AgentResource, _AgentSession
+    from vaccel_agent.service import AgentService, _AgentResource, _AgentSession
 
 #: ``Session.meta`` key: the guest's resource id -> our id, for resources registered again.
 ALIASES = "upstream_resource_aliases"

@@ -51,7 +51,7 @@ class AgentStartError(RuntimeError):
 
 @dataclass
 class Agent:
-    """A running ``python -m agent`` and everything it printed."""
+    """A running ``python -m vaccel_agent`` and everything it printed."""
 
     proc: subprocess.Popen[str]
     command: list[str]
@@ -108,7 +108,7 @@ def start_agent(
     """Start the agent (noop backend) listening on ``addresses``; wait for ``expect``
     (default: one per address) ``Listening on`` lines. Raises AgentStartError if it exits
     first or does not listen within ``timeout`` (then it is killed)."""
-    cmd = [sys.executable, "-m", "agent"]
+    cmd = [sys.executable, "-m", "vaccel_agent"]
     for address in addresses:
         cmd += ["-a", address]
     cmd += ["--plugins", "noop", *args]

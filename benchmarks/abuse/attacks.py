@@ -49,7 +49,7 @@ class Ctx:
     the victim's ids, a scratch folder, and ``hold()``."""
 
     agent: Agent | None
-    limits: Any  # agent.limits.Limits
+    limits: Any  # vaccel_agent.limits.Limits
     tmp: Path
     quick: bool
     hold_seconds: float

@@ -101,7 +101,7 @@ class PlainClient:
             )
         except self.grpc.RpcError as exc:
             return rpc_error(exc)
-        from transports import grpc_framing
+        from vaccel_transports import grpc_framing
 
         frame = grpc_framing.decode(raw)
         return Reply("OK", reply_type.FromString(bytes(frame.payload)), buffers=frame.buffers)

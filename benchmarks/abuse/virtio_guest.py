@@ -19,13 +19,13 @@ import socket
 import time
 from typing import Any
 
-from transports.virtio_mock.layout import (
+from vaccel_transports.virtio_mock.layout import (
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
     RingLayout,
     SplitRing,
 )
-from transports.virtio_mock.protocol import (
+from vaccel_transports.virtio_mock.protocol import (
     CONTROL_PACKET_BYTES,
     KIND_CALL,
     PROTOCOL_VERSION,

@@ -16,7 +16,7 @@ def _agent(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("VACCEL_")}
     environ.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
+        [sys.executable, "-m", "vaccel_agent", *args],
         capture_output=True,
         text=True,
         env=environ,
@@ -75,7 +75,7 @@ def test_busy_port_is_one_line_with_the_scheme_and_no_grpc_log() -> None:
 def test_grpc_core_logging_is_quiet_unless_asked_for(
     argv: list[str], env: dict[str, str], expected: str | None
 ) -> None:
-    from agent.cli import build_parser, quiet_grpc_core
+    from vaccel_agent.cli import build_parser, quiet_grpc_core
 
     quiet_grpc_core(build_parser().parse_args(argv), env)
     assert env.get("GRPC_VERBOSITY") == expected

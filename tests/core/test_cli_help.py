@@ -45,7 +45,7 @@ def test_vaccel_help_has_no_restructuredtext_and_names_the_variables() -> None:
 def test_every_command_has_version() -> None:
     for args in (
         ["-m", "vaccel_core.cli"],
-        ["-m", "agent"],
+        ["-m", "vaccel_agent"],
         ["-m", "vaccel_core.examples.classify"],
     ):
         out = _run(*args, "--version")
@@ -62,7 +62,7 @@ def test_models_help_explains_its_arguments() -> None:
 
 
 def test_agent_address_help_mentions_every_transport() -> None:
-    out = _run("-m", "agent", "--help")
+    out = _run("-m", "vaccel_agent", "--help")
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
     for scheme in ("unix:///PATH", "tcp://HOST:PORT", "vsock://CID:PORT", "virtio-mock:///PATH"):

@@ -171,9 +171,9 @@ def test_a_noop_session_does_not_load_grpc() -> None:
 def test_grpc_transports_report_a_missing_grpcio(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from transports import GRPC_MISSING
-    from transports.tcp import TcpTransport
-    from transports.unix import UnixTransport
+    from vaccel_transports import GRPC_MISSING
+    from vaccel_transports.tcp import TcpTransport
+    from vaccel_transports.unix import UnixTransport
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

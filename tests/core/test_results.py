@@ -167,8 +167,8 @@ def test_through_the_agent_a_wrong_result_is_internal(op: str, expected: str) ->
     import errno
 
     pytest.importorskip("google.protobuf", reason="the agent needs the remote extra")
-    from agent.service import AgentService
     from tests.catalog_samples import PNG_1PX
+    from vaccel_agent.service import AgentService
     from vaccel_core import Config
     from vaccel_core.transport import CallError, Message, Peer
 

@@ -1,4 +1,4 @@
-"""agent.embed: the agent inside this process (Kata's integrated mode, for Python)."""
+"""vaccel_agent.embed: the agent inside this process (Kata's integrated mode, for Python)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("grpc", reason="grpcio is not installed (extra 'remote')")
 
-from agent.embed import IntegratedSettings, integrated, serve_in_background
+from vaccel_agent.embed import IntegratedSettings, integrated, serve_in_background
 from vaccel_core import Config, InvalidArgumentError, Session
 
 from .test_files import KATA, load_toml

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from tests.remote.conftest import AgentProcess, start_agent, wait_until
-from transports.ttrpc.client import TtrpcChannel
 from vaccel_core.errors import RemoteError
 from vaccel_core.transport import CallError, Message, TransportOptions
+from vaccel_transports.ttrpc.client import TtrpcChannel
 
 GO_SOURCES = Path(__file__).resolve().parent / "ttrpc_go"
 #: Where Debian's golang-*-dev packages install Go sources (a GOPATH).

@@ -42,7 +42,7 @@ def agent_with_standin(networks: Path) -> Iterator[tuple[str, Path]]:
         VACCEL_IMAGENET_NETWORKS=str(networks),
         VACCEL_RUNDIR=str(rundir),
     )
-    code = "import sys; from agent.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from vaccel_agent.cli import main; sys.exit(main(sys.argv[1:]))"
     log = (short / "agent.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--server-address", f"unix://{sock}"],

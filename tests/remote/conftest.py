@@ -167,7 +167,7 @@ class HybridVsockStandIn:
 
     def open_stream(self, target: Any, timeout: float) -> socket.socket:
         """What ``VsockTransport.open_stream(target, timeout)`` returns under hybrid vsock."""
-        from transports.vsock import CID_HOST
+        from vaccel_transports.vsock import CID_HOST
 
         if target.cid != CID_HOST:
             raise OSError(errno.ENODEV, "a hybrid-vsock guest reaches only the host (CID 2)")
@@ -201,7 +201,7 @@ def client_address(address: str) -> str:
         return address
     if _wire == "grpc":
         return "grpc+" + address
-    from transports.vsock import CID_HOST
+    from vaccel_transports.vsock import CID_HOST
 
     return f"vsock://{CID_HOST}:{HYBRID_VSOCK.port_of(address[len('unix://') :])}"
 
@@ -212,7 +212,7 @@ def wire(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
     global _wire
     wire = selected_wire(request.config)
     if wire == "vsock":
-        from transports.vsock import VsockTransport
+        from vaccel_transports.vsock import VsockTransport
 
         def open_stream(self: Any, target: Any, timeout: float) -> socket.socket:
             return HYBRID_VSOCK.open_stream(target, timeout)
@@ -327,8 +327,8 @@ class AgentProcess:
 
 
 def agent_command() -> list[str]:
-    """``python -m agent`` with this interpreter (the same code as the console script)."""
-    return [sys.executable, "-m", "agent"]
+    """``python -m vaccel_agent`` with this interpreter (the same code as the console script)."""
+    return [sys.executable, "-m", "vaccel_agent"]
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -456,7 +456,7 @@ class RawClient:
 
 def make_service(**kwargs: Any) -> Any:
     """The agent service on its own (no transport), serving the noop backend."""
-    from agent.service import AgentService
+    from vaccel_agent.service import AgentService
 
     return AgentService(Config(plugins=["noop"]), get_registry(), session_ttl=None, **kwargs)
 

@@ -34,5 +34,5 @@ LAUNCHER = (
     "import sys; from vaccel_core.plugins import get_registry; "
     "from tests.remote import slow_backend; "
     "get_registry().register_plugin(slow_backend, 'slow'); "
-    "from agent.cli import main; sys.exit(main(sys.argv[1:]))"
+    "from vaccel_agent.cli import main; sys.exit(main(sys.argv[1:]))"
 )

@@ -103,8 +103,8 @@ def test_blob_size_limit_and_quota() -> None:
 
 
 def test_agent_flags_set_the_blob_limits(tmp_path: Any) -> None:
-    from agent.cli import build_parser, make_config
-    from agent.server import Agent
+    from vaccel_agent.cli import build_parser, make_config
+    from vaccel_agent.server import Agent
 
     parser = build_parser()
     args = parser.parse_args(["--plugins", "noop", "--max-blob-size", "512M", "--blob-quota", "0"])
@@ -173,7 +173,7 @@ def test_chunks_are_not_written_under_the_store_lock(
     service: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A slow disk write of one upload must not stall other clients' calls."""
-    import agent.blobs
+    import vaccel_agent.blobs
 
     writing, release = threading.Event(), threading.Event()
     real_open = open
@@ -184,7 +184,7 @@ def test_chunks_are_not_written_under_the_store_lock(
             release.wait(10)
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(agent.blobs, "open", slow_open, raising=False)
+    monkeypatch.setattr(vaccel_agent.blobs, "open", slow_open, raising=False)
     slow_data, slow_digest = blob(1000, 1)
     fast_data, fast_digest = blob(1000, 2)
     slow = threading.Thread(
@@ -215,7 +215,7 @@ def test_rpc_client_uploads_in_full_a_blob_another_client_holds(
 ) -> None:
     """Another client's upload of the same file gives this one nothing: it sends every chunk
     (and so proves it has the bytes) before it may use the blob."""
-    from agent.server import Agent
+    from vaccel_agent.server import Agent
     from vaccel_plugins.rpc.backend import RpcBackend
 
     from .conftest import RawClient, remote_session

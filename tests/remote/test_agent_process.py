@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser, make_config
+from vaccel_agent.cli import build_parser, make_config
 
 from .conftest import (
     AgentProcess,

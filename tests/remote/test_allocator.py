@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from agent.allocator import tune_allocator
+from vaccel_agent.allocator import tune_allocator
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt tuning is glibc-only")

@@ -173,7 +173,7 @@ def test_a_root_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_store_in_process(tmp_path: Path) -> None:
-    from agent.blobs import BlobStore
+    from vaccel_agent.blobs import BlobStore
 
     store = BlobStore(tmp_path / "new" / "root")
     try:
@@ -205,7 +205,7 @@ def test_the_store_in_process(tmp_path: Path) -> None:
 def test_agents_starting_at_once_never_sweep_each_other(tmp_path: Path) -> None:
     import threading
 
-    from agent.blobs import BlobStore
+    from vaccel_agent.blobs import BlobStore
 
     base = tmp_path / "root"
     stores: list[BlobStore] = []
@@ -238,7 +238,7 @@ def test_agents_starting_at_once_never_sweep_each_other(tmp_path: Path) -> None:
 
 
 def test_lock_files_being_made_are_left_alone_while_young(tmp_path: Path) -> None:
-    from agent.blobs import BlobStore
+    from vaccel_agent.blobs import BlobStore
 
     base = tmp_path / "root"
     base.mkdir(mode=0o700)

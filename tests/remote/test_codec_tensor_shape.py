@@ -55,7 +55,7 @@ def test_codec_still_decodes_good_tensors() -> None:
 def test_agent_answers_invalid_argument_for_an_overflowing_shape(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from agent.server import Agent
+    from vaccel_agent.server import Agent
 
     with Agent([f"unix://{tmp_path / 'a.sock'}"], config=Config(plugins=["noop"])) as agent:
         raw = RawClient(agent.bound_addresses[0])

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from transports.tcp import TcpTransport
-from transports.unix import UnixTransport
 from vaccel_core import RemoteError
 from vaccel_core.transport import Address, CallError, Message, Peer, TransportOptions
+from vaccel_transports.tcp import TcpTransport
+from vaccel_transports.unix import UnixTransport
 
 from .conftest import wait_until
 

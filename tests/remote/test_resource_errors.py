@@ -70,7 +70,7 @@ def test_the_longest_allowed_name_registers(service: Any) -> None:
 def test_an_os_error_never_carries_the_agents_path(
     service: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import agent.service
+    import vaccel_agent.service
 
     p = Peer("p")
     sid = new_session(service, p)
@@ -80,8 +80,8 @@ def test_an_os_error_never_carries_the_agents_path(
     def failing(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO), str(src), None, str(dst))
 
-    monkeypatch.setattr(agent.service.os, "link", failing)
-    monkeypatch.setattr(agent.service.shutil, "copyfile", failing)
+    monkeypatch.setattr(vaccel_agent.service.os, "link", failing)
+    monkeypatch.setattr(vaccel_agent.service.shutil, "copyfile", failing)
     with caplog.at_level(logging.DEBUG, logger="vaccel.agent"), pytest.raises(CallError) as err:
         register(service, p, sid, [("m.onnx", digest, len(data))])
     message = err.value.message
@@ -97,12 +97,12 @@ def test_an_os_error_never_carries_the_agents_path(
 def test_a_failed_chunk_write_never_carries_the_agents_path(
     service: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import agent.blobs
+    import vaccel_agent.blobs
 
     def full(path: Any, *args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(agent.blobs, "open", full, raising=False)
+    monkeypatch.setattr(vaccel_agent.blobs, "open", full, raising=False)
     data, digest = blob(10, 4)
     with pytest.raises(CallError) as err:
         put(service, Peer("p"), digest, len(data), 0, data)

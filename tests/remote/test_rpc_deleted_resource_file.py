@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def address(tmp_path: Path) -> Iterator[str]:
-    from agent.server import Agent
+    from vaccel_agent.server import Agent
 
     with Agent([f"unix://{tmp_path / 'a.sock'}"], config=Config(plugins=["noop"])) as agent:
         yield agent.bound_addresses[0]

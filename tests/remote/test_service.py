@@ -93,8 +93,8 @@ def test_update_session_keeps_resources(service: Any) -> None:
 
 
 def test_blob_dir_setting_keeps_blobs_in_a_private_subfolder(tmp_path: Any) -> None:
-    from agent.cli import build_parser, make_config
-    from agent.server import Agent
+    from vaccel_agent.cli import build_parser, make_config
+    from vaccel_agent.server import Agent
 
     config = make_config(
         build_parser().parse_args(["--blob-dir", str(tmp_path), "--plugins", "noop"])
@@ -114,7 +114,7 @@ def test_embedded_agent_api_shape(tmp_path: Any) -> None:
     import inspect
     import threading
 
-    from agent.server import Agent
+    from vaccel_agent.server import Agent
     from vaccel_core.transport import TransportOptions
 
     params = inspect.signature(Agent.__init__).parameters

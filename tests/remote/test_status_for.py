@@ -45,8 +45,8 @@ def test_status_for(exc: BaseException, status: str) -> None:
 
 
 def test_agent_and_grpc_use_the_shared_table() -> None:
-    from agent import service
-    from transports import grpc_transport
+    from vaccel_agent import service
+    from vaccel_transports import grpc_transport
 
     assert service.call_error(BackendError("boom")).status == "INTERNAL"
     assert service.call_error(VaccelError("io")).status == "INTERNAL"

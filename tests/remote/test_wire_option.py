@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from transports.vsock import VsockTransport
 from vaccel_core import RemoteError
+from vaccel_transports.vsock import VsockTransport
 
 from .conftest import HYBRID_VSOCK, AgentProcess, RawClient, remote_config
 

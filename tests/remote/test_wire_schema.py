@@ -107,7 +107,7 @@ def test_service_name_and_out_of_band_field_are_reserved() -> None:
 
 
 def test_framing_round_trip_without_copies() -> None:
-    from transports import grpc_framing
+    from vaccel_transports import grpc_framing
 
     big = np.arange(1 << 20, dtype=np.uint8).tobytes()
     frame = grpc_framing.encode(Message(b"payload", [b"small", big]))
@@ -159,7 +159,12 @@ def test_codec_round_trips_every_kind(inline_limit: int) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["vaccel_core.proto", "vaccel_plugins.rpc.plugin", "transports.tcp", "transports.unix"],
+    [
+        "vaccel_core.proto",
+        "vaccel_plugins.rpc.plugin",
+        "vaccel_transports.tcp",
+        "vaccel_transports.unix",
+    ],
 )
 def test_importing_plugins_stays_cheap(module: str) -> None:
     code = (

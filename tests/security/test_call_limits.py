@@ -12,8 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.admission import Admission
-from agent.limits import Limits
 from tests.remote.conftest import (
     RawClient,
     make_service,
@@ -21,6 +19,8 @@ from tests.remote.conftest import (
     start_agent,
 )
 from tests.security.conftest import create_session, pb
+from vaccel_agent.admission import Admission
+from vaccel_agent.limits import Limits
 from vaccel_core.transport import CallError, Peer
 
 

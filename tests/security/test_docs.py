@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 
-from agent.cli import build_parser
-from agent.limits import LIMITS
 from tests.remote.conftest import REPO
+from vaccel_agent.cli import build_parser
+from vaccel_agent.limits import LIMITS
 
 DOC = REPO / "docs" / "security.md"
 

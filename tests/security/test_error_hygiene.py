@@ -32,7 +32,7 @@ def vaccel_register_backends(register: Any) -> None:
 
 @pytest.fixture(scope="module")
 def leaky_service() -> Any:
-    from agent.service import AgentService
+    from vaccel_agent.service import AgentService
     from vaccel_core.plugins import get_registry
 
     registry = get_registry()
@@ -58,7 +58,7 @@ def test_a_backend_error_naming_the_agents_file_reaches_the_client_without_the_p
 
 
 def test_messages_are_capped_even_when_a_backend_writes_a_novel() -> None:
-    from agent.service import MAX_ERROR_CHARS, call_error
+    from vaccel_agent.service import MAX_ERROR_CHARS, call_error
 
     error = call_error(BackendError("x" * 100_000))
     assert len(error.message) <= MAX_ERROR_CHARS

@@ -12,7 +12,7 @@ SCRIPT = """
 import resource
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
-from agent.fdlimit import ensure_fd_room
+from vaccel_agent.fdlimit import ensure_fd_room
 print(ensure_fd_room(3, 128), resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)
 resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
 print(ensure_fd_room(2, 1024))

@@ -498,7 +498,7 @@ class WireClient:
             self.metadata += (("vaccel-capability", event.capability),)
 
     def call(self, method: str, payload: bytes, buffers: list[bytes]) -> tuple[str, str, Any]:
-        from transports import grpc_framing
+        from vaccel_transports import grpc_framing
 
         raw = grpc_framing.encode(Message(payload, tuple(buffers)))
         stub = self.channel.unary_unary(self.prefix + method)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser, make_config
-from agent.limits import LIMITS, Limits
-from agent.server import Agent
+from vaccel_agent.cli import build_parser, make_config
+from vaccel_agent.limits import LIMITS, Limits
+from vaccel_agent.server import Agent
 
 
 def agent_for(argv: list[str]) -> Agent:
@@ -53,7 +53,7 @@ def test_bad_limits_are_refused_at_parse_time(
 
 
 def test_a_bad_limit_in_vaccel_config_stops_the_agent(tmp_path: Path) -> None:
-    from agent.cli import main
+    from vaccel_agent.cli import main
 
     assert main(["-a", f"unix://{tmp_path / 'a.sock'}", "--vaccel-config", "max_calls=0"]) == 2
 

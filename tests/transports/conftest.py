@@ -121,7 +121,7 @@ def echo_server_factory() -> Iterator[Any]:
 def standin_open_stream(uds_path: str) -> Any:
     """``VsockTransport.open_stream`` as a hybrid-vsock VMM would route it: to the host unix
     socket ``<uds_path>_PORT``."""
-    from transports.vsock import hybrid_vsock_path
+    from vaccel_transports.vsock import hybrid_vsock_path
 
     def open_stream(self: Any, target: Any, timeout: float) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -139,7 +139,7 @@ def standin_open_stream(uds_path: str) -> Any:
 
 def standin_open_listener(uds_path: str) -> Any:
     """``VsockTransport.open_listener`` on the unix socket ``<uds_path>_PORT`` instead."""
-    from transports.vsock import VsockAddress, hybrid_vsock_path
+    from vaccel_transports.vsock import VsockAddress, hybrid_vsock_path
 
     def open_listener(self: Any, where: Any) -> tuple[socket.socket, Any]:
         port = 2048 if where.port == 0xFFFFFFFF else where.port
@@ -154,7 +154,7 @@ def standin_open_listener(uds_path: str) -> Any:
 @pytest.fixture
 def hybrid_vsock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """Route this process's vsock connections as Firecracker would; returns the uds_path."""
-    from transports.vsock import VsockTransport
+    from vaccel_transports.vsock import VsockTransport
 
     uds_path = str(tmp_path / "kata.hvsock")
     monkeypatch.setattr(VsockTransport, "open_stream", standin_open_stream(uds_path))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from transports.vsock.address import unavailable_reason
+from vaccel_transports.vsock.address import unavailable_reason
 
 from .conftest import REPO, clean_env
 
@@ -55,7 +55,7 @@ def test_one_agent_serves_unix_virtio_mock_and_vsock_at_once(tmp_path: Path) -> 
     assert not (tmp_path / "a.ctl").exists() and not (tmp_path / "a.sock").exists()
 
 
-@pytest.mark.parametrize("module", ["transports.vsock", "transports.virtio_mock"])
+@pytest.mark.parametrize("module", ["vaccel_transports.vsock", "vaccel_transports.virtio_mock"])
 def test_importing_the_transport_plugins_stays_cheap(module: str) -> None:
     code = (
         f"import sys, {module}\n"

@@ -1,5 +1,6 @@
-"""What the socket-owning listeners share: the accept loop (transports._accept) and the
-creation of a unix socket at its final mode with stale-socket replacement (transports.unix)."""
+"""What the socket-owning listeners share: the accept loop (vaccel_transports._accept) and
+the creation of a unix socket at its final mode with stale-socket replacement
+(vaccel_transports.unix)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from transports._accept import accept_loop
-from transports._relay import Relay
-from transports.unix import UnixTransport
-from transports.virtio_mock.device import VirtioMockListener
 from vaccel_core.errors import RemoteError
 from vaccel_core.transport import Address, TransportOptions
+from vaccel_transports._accept import accept_loop
+from vaccel_transports._relay import Relay
+from vaccel_transports.unix import UnixTransport
+from vaccel_transports.virtio_mock.device import VirtioMockListener
 
 from .echo_server import EchoHandler
 

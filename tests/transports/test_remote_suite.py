@@ -30,7 +30,7 @@ from tests.remote import test_bad_input_remote as bad_input
 from tests.remote import test_catalog_remote as catalog
 from tests.remote import test_sessions_remote as sessions
 from tests.remote.conftest import AgentProcess, start_agent
-from transports.vsock import VsockTransport, hybrid_agent_address
+from vaccel_transports.vsock import VsockTransport, hybrid_agent_address
 
 from .conftest import standin_open_listener, standin_open_stream
 

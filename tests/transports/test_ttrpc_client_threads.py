@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from transports.ttrpc.client import TtrpcChannel
-from transports.unix import UnixTransport
 from vaccel_core.transport import Address, Message, Peer, TransportOptions
+from vaccel_transports.ttrpc.client import TtrpcChannel
+from vaccel_transports.unix import UnixTransport
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transports.ttrpc import wire
+from vaccel_transports.ttrpc import wire
 
 payloads = st.binary(max_size=300) | st.sampled_from([b"", bytes(127), bytes(128), bytes(70000)])
 

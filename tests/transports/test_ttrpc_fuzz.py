@@ -30,11 +30,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transports.ttrpc import wire
-from transports.ttrpc.client import TtrpcChannel
-from transports.unix import UnixTransport
 from vaccel_core.proto import SERVICE_NAME
 from vaccel_core.transport import Address, Message, Peer, TransportOptions
+from vaccel_transports.ttrpc import wire
+from vaccel_transports.ttrpc.client import TtrpcChannel
+from vaccel_transports.unix import UnixTransport
 
 CONFIGURED = int(os.environ.get("VACCEL_FUZZ_EXAMPLES") or 0)
 EXAMPLES = CONFIGURED or 60

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from transports.unix import UnixTransport
 from vaccel_core.transport import Address, Message, Peer, TransportOptions
+from vaccel_transports.unix import UnixTransport
 
 pytestmark = pytest.mark.timeout(60)
 

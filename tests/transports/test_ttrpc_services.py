@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from transports.ttrpc import wire
-from transports.ttrpc.client import TtrpcChannel
-from transports.unix import UnixTransport
 from vaccel_core.transport import (
     Address,
     CallError,
@@ -21,6 +18,9 @@ from vaccel_core.transport import (
     StatusError,
     TransportOptions,
 )
+from vaccel_transports.ttrpc import wire
+from vaccel_transports.ttrpc.client import TtrpcChannel
+from vaccel_transports.unix import UnixTransport
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 
 from tests.remote.conftest import AgentProcess, start_agent, wait_until
-from transports.ttrpc import wire
-from transports.ttrpc.client import TtrpcChannel
-from transports.unix import UnixTransport
 from vaccel_core import RemoteError
 from vaccel_core.transport import Address, CallError, Message, Peer, TransportOptions
+from vaccel_transports.ttrpc import wire
+from vaccel_transports.ttrpc.client import TtrpcChannel
+from vaccel_transports.unix import UnixTransport
 
 pytestmark = pytest.mark.timeout(60)
 

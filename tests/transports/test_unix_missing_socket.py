@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from transports.unix import UnixTransport
 from vaccel_core import RemoteError
 from vaccel_core.transport import Address, TransportOptions
+from vaccel_transports.unix import UnixTransport
 
 
 @pytest.mark.parametrize("scheme", ["unix", "grpc+unix"])

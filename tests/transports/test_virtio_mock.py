@@ -22,16 +22,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from transports.virtio_mock import VirtioMockTransport
-from transports.virtio_mock.driver import VirtioMockChannel, _InFlight
-from transports.virtio_mock.layout import (
+from vaccel_core.errors import BackendError, NotFoundError, RemoteError, VaccelError
+from vaccel_core.transport import Address, CallError, Message, TransportOptions, status_for
+from vaccel_transports.virtio_mock import VirtioMockTransport
+from vaccel_transports.virtio_mock.driver import VirtioMockChannel, _InFlight
+from vaccel_transports.virtio_mock.layout import (
     VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
 )
-from transports.virtio_mock.protocol import KIND_CALL, pack_request, recv_control, send_control
-from vaccel_core.errors import BackendError, NotFoundError, RemoteError, VaccelError
-from vaccel_core.transport import Address, CallError, Message, TransportOptions, status_for
+from vaccel_transports.virtio_mock.protocol import (
+    KIND_CALL,
+    pack_request,
+    recv_control,
+    send_control,
+)
 
 from .conftest import REPO, EchoServer, clean_env
 
@@ -217,7 +222,7 @@ def test_request_too_large_for_the_shared_memory_never_waits_for_space(
 def test_fast_path_completes_through_complete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from transports.virtio_mock.device import Device, VirtioMockListener
+    from vaccel_transports.virtio_mock.device import Device, VirtioMockListener
 
     from .echo_server import EchoHandler
 
@@ -252,7 +257,7 @@ def test_fast_path_completes_through_complete(
 def test_handler_errors_get_the_status_every_transport_gives(
     tmp_path: Path, exc: VaccelError
 ) -> None:
-    from transports.virtio_mock.device import VirtioMockListener
+    from vaccel_transports.virtio_mock.device import VirtioMockListener
 
     from .echo_server import EchoHandler
 
@@ -282,7 +287,7 @@ def test_deadline_while_the_device_works(server: EchoServer) -> None:
 def test_guest_that_dies_frees_its_device(server: EchoServer) -> None:
     script = (
         "import sys, time\n"
-        "from transports.virtio_mock import VirtioMockTransport\n"
+        "from vaccel_transports.virtio_mock import VirtioMockTransport\n"
         "from vaccel_core.transport import Address, Message, TransportOptions\n"
         "ch = VirtioMockTransport().connect(Address.parse(sys.argv[1]), TransportOptions())\n"
         "ch.call('echo', Message(b'hi'), 5)\n"

@@ -34,9 +34,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from transports.virtio_mock.device import VirtioMockListener
-from transports.virtio_mock.layout import VRING_DESC_F_INDIRECT
-from transports.virtio_mock.protocol import (
+from vaccel_core.errors import InvalidArgumentError, clip
+from vaccel_core.transport import Address, Message, Peer, TransportOptions
+from vaccel_transports.virtio_mock.device import VirtioMockListener
+from vaccel_transports.virtio_mock.layout import VRING_DESC_F_INDIRECT
+from vaccel_transports.virtio_mock.protocol import (
     KIND_CALL,
     KIND_FETCH,
     REP_HEADER,
@@ -48,8 +50,6 @@ from transports.virtio_mock.protocol import (
     pack_request,
     unpack_reply_header,
 )
-from vaccel_core.errors import InvalidArgumentError, clip
-from vaccel_core.transport import Address, Message, Peer, TransportOptions
 
 from .test_virtio_mock_trust import NEXT, WRITE, RawGuest, open_fds, wait_until
 

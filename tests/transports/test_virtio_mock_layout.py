@@ -7,9 +7,9 @@ import struct
 
 import pytest
 
-from transports.virtio_mock.layout import DESC, RingLayout, SplitRing, check_queue_size
-from transports.virtio_mock.memory import Allocator, OutOfSharedMemory
-from transports.virtio_mock.protocol import (
+from vaccel_transports.virtio_mock.layout import DESC, RingLayout, SplitRing, check_queue_size
+from vaccel_transports.virtio_mock.memory import Allocator, OutOfSharedMemory
+from vaccel_transports.virtio_mock.protocol import (
     KIND_CALL,
     REPLY_ERROR,
     REPLY_NEED_SPACE,

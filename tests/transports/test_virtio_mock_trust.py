@@ -33,17 +33,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from transports._accept import accept_loop
-from transports.virtio_mock import VirtioMockTransport
-from transports.virtio_mock.device import Device, VirtioMockListener
-from transports.virtio_mock.driver import VirtioMockChannel
-from transports.virtio_mock.layout import (
+from vaccel_core.errors import InvalidArgumentError
+from vaccel_core.transport import Address, CallError, Message, Peer, TransportOptions
+from vaccel_transports._accept import accept_loop
+from vaccel_transports.virtio_mock import VirtioMockTransport
+from vaccel_transports.virtio_mock.device import Device, VirtioMockListener
+from vaccel_transports.virtio_mock.driver import VirtioMockChannel
+from vaccel_transports.virtio_mock.layout import (
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
     RingLayout,
     SplitRing,
 )
-from transports.virtio_mock.protocol import (
+from vaccel_transports.virtio_mock.protocol import (
     KIND_CALL,
     KIND_FETCH,
     REPLY_ERROR,
@@ -57,8 +59,6 @@ from transports.virtio_mock.protocol import (
     send_control,
     unpack_reply_header,
 )
-from vaccel_core.errors import InvalidArgumentError
-from vaccel_core.transport import Address, CallError, Message, Peer, TransportOptions
 
 from .echo_server import EchoHandler
 

@@ -20,8 +20,10 @@ from typing import Any
 
 import pytest
 
-from transports._relay import Relay
-from transports.vsock import (
+from vaccel_core.errors import InvalidArgumentError, RemoteError
+from vaccel_core.transport import Address, Message, TransportOptions
+from vaccel_transports._relay import Relay
+from vaccel_transports.vsock import (
     CID_ANY,
     PORT_ANY,
     VsockAddress,
@@ -29,9 +31,7 @@ from transports.vsock import (
     hybrid_agent_address,
     hybrid_vsock_path,
 )
-from transports.vsock.address import local_cid, unavailable_reason
-from vaccel_core.errors import InvalidArgumentError, RemoteError
-from vaccel_core.transport import Address, Message, TransportOptions
+from vaccel_transports.vsock.address import local_cid, unavailable_reason
 
 from .echo_server import EchoHandler
 

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from transports._relay import Relay
+from vaccel_transports._relay import Relay
 
 
 def echo_server(path: Path) -> socket.socket:

@@ -10,8 +10,8 @@ Two pipes:
 
 * :class:`RawPipe` frames ttrpc itself on a connected socket (unix, or the vsock path's socket)
   so that it sees the whole status, details included;
-* :class:`ChannelPipe` uses our :class:`~transports.ttrpc.client.TtrpcChannel` as a plain pipe;
-  its errors (``CallError``) carry the status name and message but not the details.
+* :class:`ChannelPipe` uses our :class:`~vaccel_transports.ttrpc.client.TtrpcChannel` as a
+  plain pipe; its errors (``CallError``) carry the status name and message but not the details.
 """
 
 from __future__ import annotations
@@ -122,14 +122,14 @@ class RawPipe:
     def vsock(cls, address: str, timeout: float = 10.0) -> RawPipe:
         """Connect to ``vsock://CID:PORT`` through the vsock transport's socket opening (the
         hybrid-vsock stand-in in tests)."""
-        from transports.vsock import VsockAddress, VsockTransport
+        from vaccel_transports.vsock import VsockAddress, VsockTransport
 
         sock = VsockTransport().open_stream(VsockAddress.parse(address), timeout)
         sock.settimeout(timeout)
         return cls(sock)
 
     def call(self, method: str, payload: bytes, timeout: float) -> bytes:
-        from transports.ttrpc import wire  # ttrpc's envelope messages (containerd's schema)
+        from vaccel_transports.ttrpc import wire  # ttrpc's envelope messages (containerd's schema)
 
         stream = self._next_stream
         self._next_stream += 2

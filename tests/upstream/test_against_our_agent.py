@@ -80,7 +80,7 @@ def address(
     path = agent.addresses[0][len("unix://") :]
     if request.param == "unix":
         return f"unix://{path}"
-    from transports.vsock import VsockTransport
+    from vaccel_transports.vsock import VsockTransport
 
     monkeypatch.setattr(
         VsockTransport,

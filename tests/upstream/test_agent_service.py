@@ -80,7 +80,7 @@ class Guest:
 
     def raw(self, method: str, payload: bytes, service: str = SERVICE_NAME) -> Any:
         """One call; the ttrpc Response message."""
-        from transports.ttrpc import wire
+        from vaccel_transports.ttrpc import wire
 
         body = wire.Request(service=service, method=method, payload=payload).SerializeToString()
         # A frame refused from its header: the answer waits, the rest is never read.

@@ -54,7 +54,7 @@ def wire(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     """How the guest reaches the agent: ``unix://`` or ``vsock://2:PORT`` (hybrid vsock: the
     VMM turns the guest's vsock connection into one to the agent's unix socket)."""
     if request.param == "vsock":
-        from transports.vsock import VsockTransport
+        from vaccel_transports.vsock import VsockTransport
 
         def open_stream(self: Any, target: Any, timeout: float) -> socket.socket:
             return HYBRID_VSOCK.open_stream(target, timeout)

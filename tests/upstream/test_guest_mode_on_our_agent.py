@@ -79,7 +79,7 @@ def ort_agent(
 @pytest.fixture(params=["unix", "vsock"])
 def wire(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "vsock":
-        from transports.vsock import VsockTransport
+        from vaccel_transports.vsock import VsockTransport
 
         monkeypatch.setattr(
             VsockTransport,

@@ -3,7 +3,7 @@
 gRPC costs a guest half a millisecond or more per call; ttrpc frames a protobuf message behind
 a 10-byte header, which is what upstream vAccel's and Kata's agents speak to their guests. The
 agent serves ttrpc and gRPC on the same unix and vsock sockets (told apart by a connection's
-first bytes: :mod:`transports.dual`); the rpc backend speaks ttrpc there by default.
+first bytes: :mod:`vaccel_transports.dual`); the rpc backend speaks ttrpc there by default.
 
 * :mod:`.wire`: frames, envelope messages, buffered reading;
 * :mod:`.server`: serving the agent's handler (and the health check) on accepted connections;

@@ -2,12 +2,12 @@
 
 The guest dials the host (CID 2) by default; the agent listens on every CID
 (``vsock://-1:2048``). Clients speak ttrpc straight on the AF_VSOCK socket; the agent's
-listener serves ttrpc and gRPC on the same port (:mod:`transports.dual`). ``grpc+vsock://``
-speaks gRPC, which grpcio's wheels cannot do on vsock: the client then relays a private unix
-socket to AF_VSOCK byte for byte (:mod:`transports._relay`). Either way the bytes on the vsock
-wire are what the ``unix://`` transport speaks. That is what makes hybrid vsock work: on
-Firecracker, Cloud Hypervisor and Dragonball a guest's connection to ``vsock://2:2048`` arrives
-at the host unix socket ``<uds_path>_2048``, where the agent listens with
+listener serves ttrpc and gRPC on the same port (:mod:`vaccel_transports.dual`).
+``grpc+vsock://`` speaks gRPC, which grpcio's wheels cannot do on vsock: the client then relays
+a private unix socket to AF_VSOCK byte for byte (:mod:`vaccel_transports._relay`). Either way
+the bytes on the vsock wire are what the ``unix://`` transport speaks. That is what makes
+hybrid vsock work: on Firecracker, Cloud Hypervisor and Dragonball a guest's connection to
+``vsock://2:2048`` arrives at the host unix socket ``<uds_path>_2048``, where the agent listens with
 ``unix://<uds_path>_2048`` (see :func:`hybrid_agent_address`).
 """
 
