@@ -281,7 +281,7 @@ def _brief(value: Any) -> str:
 
 
 def expected_result(param: Param) -> str:
-    """What a backend must return for one result, in words (also used by docs/operations.md)."""
+    """What a backend must return for one result, in words (also used by docs/reference.md)."""
     kind = param.kind
     if kind is Kind.TENSOR:
         dtype = f"{param.dtype} " if param.dtype else ""

@@ -1,6 +1,6 @@
 """The operation reference for backend authors, generated from the catalog.
 
-    python -m vaccel_core.reference > docs/operations.md
+    python -m vaccel_core.reference > docs/reference.md
 
 Everything here is read from :data:`vaccel_core.ops.CATALOG` (names, codes, arguments,
 results, their descriptions) so that the reference cannot drift from what the dispatcher
@@ -17,7 +17,7 @@ _HEADER = """\
 # Operation reference
 
 <!-- Generated from the operation catalog (vaccel_core/ops.py) by
-     `python -m vaccel_core.reference > docs/operations.md`. Do not edit by hand: change the
+     `python -m vaccel_core.reference > docs/reference.md`. Do not edit by hand: change the
      catalog and regenerate; tests/core/test_reference.py fails while the two disagree. -->
 
 Every operation a backend can implement, as the dispatcher calls it. A backend implements an

@@ -1,4 +1,4 @@
-"""docs/operations.md is generated from the catalog and must agree with it."""
+"""docs/reference.md is generated from the catalog and must agree with it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ DOC = ROOT / "docs" / "operations.md"
 
 def test_committed_reference_matches_the_catalog() -> None:
     assert DOC.read_text() == render(), (
-        "docs/operations.md is stale: run `python -m vaccel_core.reference > docs/operations.md`"
+        "docs/reference.md is stale: run `python -m vaccel_core.reference > docs/reference.md`"
     )
 
 
