@@ -10,7 +10,7 @@ from vaccel_core.ops import CATALOG
 from vaccel_core.reference import render
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "operations.md"
+DOC = ROOT / "docs" / "reference.md"
 
 
 def test_committed_reference_matches_the_catalog() -> None:
