@@ -84,7 +84,14 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "sessions", "resources", "blobs", "blob_bytes", "peers", "backends", "blob_uploads", "blob_hits", "session_ttl", "sessions_released")
+    __slots__ = ("version", "sessions", "resources", "blobs", "blob_bytes", "peers", "backends", "blob_uploads", "blob_hits", "session_ttl", "sessions_released", "view_all", "uptime", "bucket_bounds", "calls", "clients", "rejections")
+    class RejectionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +103,12 @@ class StatusResponse(_message.Message):
     BLOB_HITS_FIELD_NUMBER: _ClassVar[int]
     SESSION_TTL_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_RELEASED_FIELD_NUMBER: _ClassVar[int]
+    VIEW_ALL_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
     version: str
     sessions: int
     resources: int
@@ -107,7 +120,53 @@ class StatusResponse(_message.Message):
     blob_hits: int
     session_ttl: float
     sessions_released: int
-    def __init__(self, version: _Optional[str] = ..., sessions: _Optional[int] = ..., resources: _Optional[int] = ..., blobs: _Optional[int] = ..., blob_bytes: _Optional[int] = ..., peers: _Optional[int] = ..., backends: _Optional[_Iterable[str]] = ..., blob_uploads: _Optional[int] = ..., blob_hits: _Optional[int] = ..., session_ttl: _Optional[float] = ..., sessions_released: _Optional[int] = ...) -> None: ...
+    view_all: bool
+    uptime: float
+    bucket_bounds: _containers.RepeatedScalarFieldContainer[float]
+    calls: _containers.RepeatedCompositeFieldContainer[CallStats]
+    clients: _containers.RepeatedCompositeFieldContainer[ClientStatus]
+    rejections: _containers.ScalarMap[str, int]
+    def __init__(self, version: _Optional[str] = ..., sessions: _Optional[int] = ..., resources: _Optional[int] = ..., blobs: _Optional[int] = ..., blob_bytes: _Optional[int] = ..., peers: _Optional[int] = ..., backends: _Optional[_Iterable[str]] = ..., blob_uploads: _Optional[int] = ..., blob_hits: _Optional[int] = ..., session_ttl: _Optional[float] = ..., sessions_released: _Optional[int] = ..., view_all: _Optional[bool] = ..., uptime: _Optional[float] = ..., bucket_bounds: _Optional[_Iterable[float]] = ..., calls: _Optional[_Iterable[_Union[CallStats, _Mapping]]] = ..., clients: _Optional[_Iterable[_Union[ClientStatus, _Mapping]]] = ..., rejections: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class CallStats(_message.Message):
+    __slots__ = ("method", "operation", "backend", "calls", "errors", "seconds", "buckets")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    operation: str
+    backend: str
+    calls: int
+    errors: int
+    seconds: float
+    buckets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, method: _Optional[str] = ..., operation: _Optional[str] = ..., backend: _Optional[str] = ..., calls: _Optional[int] = ..., errors: _Optional[int] = ..., seconds: _Optional[float] = ..., buckets: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ClientStatus(_message.Message):
+    __slots__ = ("id", "description", "transport", "sessions", "calls", "errors", "in_flight", "connected_at", "caller")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    description: str
+    transport: str
+    sessions: int
+    calls: int
+    errors: int
+    in_flight: int
+    connected_at: float
+    caller: bool
+    def __init__(self, id: _Optional[str] = ..., description: _Optional[str] = ..., transport: _Optional[str] = ..., sessions: _Optional[int] = ..., calls: _Optional[int] = ..., errors: _Optional[int] = ..., in_flight: _Optional[int] = ..., connected_at: _Optional[float] = ..., caller: _Optional[bool] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
     __slots__ = ("flags",)
