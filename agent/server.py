@@ -26,6 +26,7 @@ from vaccel_core.transport import Address, Listener, TransportOptions
 
 from .limits import BY_NAME, LIMITS, Limits, parse_size
 from .service import AgentService, logger
+from .telemetry import TransportHandler
 
 #: The limits transports enforce, each a TransportOptions field of the same name.
 TRANSPORT_LIMITS = tuple(spec for spec in LIMITS if spec.transport)
@@ -145,7 +146,8 @@ class Agent:
         try:
             for address in self.addresses:
                 transport = registry.transport(address.scheme)
-                listener = transport.listen(address, self.service, self.options)
+                handler = TransportHandler(self.service, address.scheme)
+                listener = transport.listen(address, handler, self.options)
                 self._listeners.append(listener)
                 logger.info("Listening on '%s'", listener.address)
         except BaseException:

@@ -47,6 +47,7 @@ from vaccel_plugins.rpc import codec
 from .admission import Admission
 from .blobs import BlobStore, check_digest
 from .limits import Limits, limit_error
+from .telemetry import UNKNOWN_METHOD, Telemetry
 
 logger = _vaccel_logger.getChild("agent")
 
@@ -183,6 +184,8 @@ class AgentService:
             upload_idle_timeout=self.limits.upload_idle_timeout,
         )
         self.admission = Admission(self.limits)
+        #: Every call, peer and refusal, counted (read by GetStatus and the metrics endpoint).
+        self.telemetry = Telemetry()
         self._tickets = threading.local()
         self._lock = threading.RLock()
         self._sessions: dict[int, _AgentSession] = {}
@@ -207,7 +210,19 @@ class AgentService:
         self.services = services_for(self)
 
     # Handler -------------------------------------------------------------------------------
-    def handle(self, method: str, request: Message, peer: Peer) -> Message:
+    def handle(self, method: str, request: Message, peer: Peer, transport: str = "") -> Message:
+        """Serve one call, counted in :attr:`telemetry` (``transport``: the listener's)."""
+        label = method if method in self._methods else UNKNOWN_METHOD
+        call = self._tickets.call = self.telemetry.begin(label, peer.id, transport, request.nbytes)
+        try:
+            reply = self._serve(method, request, peer)
+        except BaseException as exc:
+            self.telemetry.failed(call, exc)
+            raise
+        self.telemetry.end(call, "OK", reply.nbytes)
+        return reply
+
+    def _serve(self, method: str, request: Message, peer: Peer) -> Message:
         entry = self._methods.get(method)
         if entry is None:
             raise CallError(
@@ -249,12 +264,25 @@ class AgentService:
         if ticket is not None and nbytes:
             ticket.reserve(nbytes, why, copies=2)
 
-    def peer_connected(self, peer: Peer) -> None:
+    def _note_run(self, operation: str, session: Session | None = None, op: Any = None) -> None:
+        """The operation (and the session's backend for it) of the Run being served, for its
+        telemetry; a backend that cannot be resolved is left for the call to report."""
+        call = getattr(self._tickets, "call", None)
+        if call is None:
+            return
+        call.operation = operation
+        if session is not None:
+            with contextlib.suppress(VaccelError):
+                call.backend = session.backend_for(op).name
+
+    def peer_connected(self, peer: Peer, transport: str = "") -> None:
         with self._lock:
             self._peers.add(peer.id)
+        self.telemetry.connected(peer.id, peer.description, transport)
         logger.info("client %s connected (%s)", peer.id, peer.description)
 
     def peer_disconnected(self, peer: Peer) -> None:
+        self.telemetry.disconnected(peer.id)
         with self._lock:
             self._peers.discard(peer.id)
             gone = self._sessions_of(peer.id)
@@ -689,7 +717,9 @@ class AgentService:
                 f"Run: operation name {clip(msg.op)} does not match the arguments given ({case})"
             )
         spec = codec.spec_by_name(case)
+        self._note_run(case)
         record = self._session(msg.session_id, peer, spec.method)
+        self._note_run(case, record.session, spec.op)
 
         def resource(resource_id: int) -> Resource:
             return self._resource(record, resource_id, spec.method).resource

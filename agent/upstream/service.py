@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from vaccel_agent.telemetry import UNKNOWN_METHOD
 from vaccel_core.errors import VaccelError, clip
 from vaccel_core.ops import Op
 from vaccel_core.proto.upstream import SERVICE_NAME, upstream
@@ -82,6 +83,19 @@ class UpstreamAgentService:
 
     # RawService ----------------------------------------------------------------------------
     def __call__(self, method: str, payload: bytes, peer: Peer) -> bytes:
+        """Serve one call, counted in the agent's telemetry (under upstream's method name)."""
+        telemetry = self.agent.telemetry
+        label = method if method in self._methods else UNKNOWN_METHOD
+        call = telemetry.begin(label, peer.id, "", len(payload))
+        try:
+            reply = self._serve(method, payload, peer)
+        except BaseException as exc:
+            telemetry.failed(call, exc)
+            raise
+        telemetry.end(call, "OK", len(reply))
+        return reply
+
+    def _serve(self, method: str, payload: bytes, peer: Peer) -> bytes:
         entry = self._methods.get(method)
         if entry is None:  # what ttrpc-rust answers for a method it does not serve
             name = method if len(method) <= 64 and method.isprintable() else clip(method)
