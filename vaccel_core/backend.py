@@ -17,12 +17,15 @@ the arguments already validated against the catalog (see :mod:`vaccel_core.ops`)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .errors import NotSupportedError
 from .flags import PluginType
 from .ops import CATALOG, Op
 
 if TYPE_CHECKING:
+    from .batching import BatchItem
     from .resource import Resource
     from .session import Session
 
@@ -38,6 +41,9 @@ class Backend:
     type: ClassVar[PluginType] = PluginType.NONE
     #: One-line description.
     description: ClassVar[str] = ""
+    #: Operations this backend can run in batches (:meth:`prepare_batch`, :meth:`run_batch`);
+    #: empty: it never batches. See docs/plugins.md, "Batched execution".
+    batch_operations: ClassVar[frozenset[Op]] = frozenset()
 
     @classmethod
     def operations(cls) -> frozenset[Op]:
@@ -77,3 +83,18 @@ class Backend:
 
     def resource_unregister(self, session: Session, resource: Resource) -> None:
         """The resource was unregistered from the session (free cached models etc.)."""
+
+    # Batched execution (optional; used only for the operations in batch_operations).
+    def prepare_batch(self, session: Session, op: Op, args: tuple[Any, ...]) -> BatchItem | None:
+        """Check and prepare one call of ``op`` (arguments already validated against the
+        catalog) for a batch, in the caller's thread: decode, preprocess, check shapes. Raise
+        a VaccelError for a bad input (only this call fails); return None when this call
+        cannot batch (e.g. a model without a batch dimension): it then runs alone."""
+        return None
+
+    def run_batch(self, op: Op, items: Sequence[BatchItem]) -> Sequence[Any]:
+        """Run prepared calls of ``op`` (all with the same :attr:`BatchItem.key`) as one
+        batch; one result per item, in order, each exactly what the operation's own method
+        returns for that call alone. An exception fails the batch: each call is then run
+        again alone (``run_batch`` with one item), so that only a culprit fails."""
+        raise NotSupportedError(f"{op.spec.method}: backend {self.name!r} does not batch")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend
+from .batching import Batcher, batcher_for
 from .config import Config, get_config
 from .dispatch import find_backend, select_backends
 from .errors import BackendError, InvalidArgumentError, SessionError, VaccelError
@@ -39,8 +40,12 @@ class Session:
         *,
         config: Config | None = None,
         registry: PluginRegistry | None = None,
+        batcher: Batcher | None = None,
     ) -> None:
         self.config = config or get_config()
+        #: Joins this session's batchable calls with other sessions' (None: off); by default
+        #: the process's batcher for the configuration's settings (vaccel_core.batching).
+        self.batcher = batcher or batcher_for(self.config)
         ensure_logging(self.config)
         with _ids_lock:
             self.id: int = next(_ids)
@@ -185,7 +190,10 @@ class Session:
         fn, region, spec, name = self._table.get(op) or self._resolve(op)
         start = time.perf_counter_ns() if self.profiler is not None else 0
         try:
-            result = fn(self, *args)
+            if self.batcher is None:
+                result = fn(self, *args)
+            else:
+                result = self.batcher.call(self, self._owner[op], op, args, lambda: fn(self, *args))
         except VaccelError:
             raise
         except Exception as exc:
