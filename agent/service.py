@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaccel_core import __version__
 from vaccel_core.config import Config
 from vaccel_core.errors import (
     BackendError,
@@ -47,6 +46,7 @@ from vaccel_plugins.rpc import codec
 from .admission import Admission
 from .blobs import BlobStore, check_digest
 from .limits import Limits, limit_error
+from .status import build_status
 from .telemetry import UNKNOWN_METHOD, Telemetry
 
 logger = _vaccel_logger.getChild("agent")
@@ -186,6 +186,7 @@ class AgentService:
         self.admission = Admission(self.limits)
         #: Every call, peer and refusal, counted (read by GetStatus and the metrics endpoint).
         self.telemetry = Telemetry()
+        self.started = time.monotonic()  # GetStatus's uptime
         self._tickets = threading.local()
         self._lock = threading.RLock()
         self._sessions: dict[int, _AgentSession] = {}
@@ -389,42 +390,12 @@ class AgentService:
 
     # Methods -------------------------------------------------------------------------------
     def _status(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
-        if peer.admin:
-            return self._agent_status(), ()
-        # A client sees its own sessions and resources only: what others hold is theirs.
-        with self._lock:
-            mine = self._sessions_of(peer.id)
-            attached = peer.id in self._peers
-        reply = self.pb.StatusResponse(
-            version=__version__,
-            sessions=len(mine),
-            resources=sum(len(r.resources) for r in mine),
-            peers=1 if attached else 0,
-            backends=[i.name for i in self.registry.backends.values() if i.available],
-            session_ttl=self.session_ttl or 0.0,
-        )
-        return reply, ()
+        # The operator sees the whole agent; a client only itself (vaccel_agent.status).
+        return build_status(self, peer), ()
 
     def _new_session(self, flags: int) -> Session:
         return Session(
             int(flags) & ~int(PluginType.REMOTE), config=self.config, registry=self.registry
-        )
-
-    def _agent_status(self) -> Any:
-        """Everything the agent holds, all clients together (for its operator)."""
-        c = self.counts()
-        return self.pb.StatusResponse(
-            version=__version__,
-            sessions=c["sessions"],
-            resources=c["resources"],
-            blobs=c["blobs"],
-            blob_bytes=c["blob_bytes"],
-            peers=c["peers"],
-            backends=[i.name for i in self.registry.backends.values() if i.available],
-            blob_uploads=self.blobs.uploads_completed,
-            blob_hits=self.blobs.hits,
-            session_ttl=self.session_ttl or 0.0,
-            sessions_released=self.sessions_released,
         )
 
     def _create_session(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:
