@@ -29,6 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,11 @@ from vaccel_core import (
     ResourceType,
     Session,
 )
+from vaccel_core.batching import DEFAULT_MODEL as DEFAULT_MODEL_NAME
+from vaccel_core.batching import BatchItem
 from vaccel_core.config import Config, get_config
 from vaccel_core.log import logger
+from vaccel_core.ops import Op
 
 from . import inference
 from .inference import LoadedModel, RunSettings
@@ -107,6 +111,8 @@ class OnnxRuntimeBackend(Backend):
     version = "0.1.0"
     type = PluginType.GPU | PluginType.CPU
     description = "onnxruntime: ImageNet classify (EfficientNet-Lite0), ONNX models, sgemm, minmax"
+    #: Batched for models with a dynamic batch dimension (LoadedModel.batchable).
+    batch_operations = frozenset({Op.IMAGE_CLASSIFY, Op.MODEL_RUN})
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -287,36 +293,23 @@ class OnnxRuntimeBackend(Backend):
 
     # Operations ----------------------------------------------------------------------------
     def classify(self, session: Session, image: bytes) -> tuple[str, str]:
-        from . import imagenet
-
-        model, label = self._classifier(session)
+        model, label, _ = self._classifier(session)
         start = time.perf_counter_ns()
-        try:
-            batch = imagenet.preprocess(image)
-        except ValueError as exc:
-            reason = str(exc).removeprefix("image: ")
-            raise InvalidArgumentError(f"classify: argument 'image': {reason}") from exc
+        batch = _preprocess(image)
         _record(session, "onnxruntime_preprocess", start)
         start = time.perf_counter_ns()
-        spec = model.inputs[0]
-        outputs = model.run("classify", {spec.name: batch})
+        outputs = model.run("classify", {model.inputs[0].name: batch})
         _record(session, "onnxruntime_inference", start)
         scores = np.asarray(next(iter(outputs.values())), dtype=np.float64).reshape(-1)
-        if scores.size != NUM_CLASSES:
-            raise InvalidArgumentError(
-                f"classify: {label} returned {scores.size} scores, expected {NUM_CLASSES} "
-                "ImageNet classes"
-            )
-        probs = scores if _is_distribution(scores) else imagenet.softmax(scores)
-        index = int(np.argmax(probs))
-        return imagenet.format_tag(probs[index], index), output_image_name(image)
+        return _top_tag(scores, label), output_image_name(image)
 
-    def _classifier(self, session: Session) -> tuple[LoadedModel, str]:
+    def _classifier(self, session: Session) -> tuple[LoadedModel, str, str]:
         """The session's last registered MODEL resource, else the default model; checked to
-        be an image classifier with 1000 outputs."""
+        be an image classifier with 1000 outputs. Also its name for batch settings (the
+        sha256 of its model file, or "default")."""
         mine = [r for r in session.resources if r.type == ResourceType.MODEL]
         if not mine:
-            return self.default_model(session.config), "the default model"
+            return self.default_model(session.config), "the default model", DEFAULT_MODEL_NAME
         resource = mine[-1]
         label = _label(resource)
         model = self.loaded_model(session, resource, "classify")
@@ -337,7 +330,7 @@ class OnnxRuntimeBackend(Backend):
                 f"classify: {label}: output {model.outputs[0].name!r} is "
                 f"{model.outputs[0].describe()}, expected {NUM_CLASSES} ImageNet classes"
             )
-        return model, label
+        return model, label, resource.sha256(_model_file(resource))
 
     def model_load(self, session: Session, resource: Resource) -> None:
         self.loaded_model(session, resource)
@@ -355,6 +348,69 @@ class OnnxRuntimeBackend(Backend):
         model = self.loaded_model(session, resource, "model_run")
         feed = inference.build_feed("model_run", model, _label(resource), inputs)
         return model.run("model_run", feed)
+
+    # Batched execution (vaccel_core.batching) ------------------------------------------------
+    def prepare_batch(self, session: Session, op: Op, args: tuple[Any, ...]) -> BatchItem | None:
+        """classify and model_run of a model with a dynamic batch dimension: checked and
+        preprocessed here, in the caller's thread; other models run alone (None)."""
+        if op is Op.IMAGE_CLASSIFY:
+            model, label, name = self._classifier(session)
+            if not model.batchable:
+                return None
+            (image,) = args
+            array = _preprocess(image)
+            signature = (model.inputs[0].name, array.dtype.str, array.shape[1:])
+            return BatchItem(
+                (model.key, signature),
+                name,
+                _Prepared(model, label, {model.inputs[0].name: array}, output_image_name(image)),
+            )
+        if op is Op.MODEL_RUN:
+            resource, inputs = args
+            model = self.loaded_model(session, resource, "model_run")
+            label = _label(resource)
+            feed = inference.build_feed("model_run", model, label, inputs)
+            if not model.batchable:
+                return None
+            sizes = {a.shape[0] if a.ndim else None for a in feed.values()}
+            size = sizes.pop() if len(sizes) == 1 else None
+            if not size:  # inputs disagree on the batch size, or an empty batch: alone
+                return None
+            signature = tuple((n, a.dtype.str, a.shape[1:]) for n, a in feed.items())
+            name = resource.sha256(_model_file(resource))
+            return BatchItem((model.key, signature), name, _Prepared(model, label, feed), size)
+        return None
+
+    def run_batch(self, op: Op, items: Sequence[BatchItem]) -> list[Any]:
+        """One inference for every item; outputs split back along the batch dimension."""
+        prepared: list[_Prepared] = [item.data for item in items]
+        model, label = prepared[0].model, prepared[0].label
+        what = "classify" if op is Op.IMAGE_CLASSIFY else "model_run"
+        if len(prepared) == 1:
+            feed = prepared[0].feed
+        else:
+            feed = {n: np.concatenate([p.feed[n] for p in prepared]) for n in prepared[0].feed}
+        outputs = model.run(what, feed)
+        sizes = [item.size for item in items]
+        total = sum(sizes)
+        cuts = np.cumsum(sizes)[:-1]
+        parts: dict[str, list[np.ndarray]] = {}
+        for name, value in outputs.items():
+            value = np.asarray(value)
+            if value.ndim == 0 or value.shape[0] != total:
+                raise BackendError(
+                    f"{what}: {label}: output {name!r} has shape {tuple(value.shape)}, not "
+                    f"{total} items along the batch dimension"
+                )
+            parts[name] = np.split(value, cuts)
+        if op is Op.IMAGE_CLASSIFY:
+            scores = np.asarray(next(iter(outputs.values())), dtype=np.float64)
+            scores = scores.reshape(total, -1)
+            return [
+                (_top_tag(row, label), p.image_name)
+                for row, p in zip(scores, prepared, strict=True)
+            ]
+        return [{name: parts[name][i] for name in parts} for i in range(len(items))]
 
     def sgemm(
         self,
@@ -377,6 +433,41 @@ class OnnxRuntimeBackend(Backend):
     ) -> tuple[np.ndarray, float, float]:
         clipped = np.clip(data, low_threshold, high_threshold)
         return clipped, float(data.min()), float(data.max())
+
+
+@dataclass
+class _Prepared:
+    """A call prepared for a batch: its model and its checked, preprocessed inputs."""
+
+    model: LoadedModel
+    label: str
+    feed: dict[str, np.ndarray]
+    image_name: str = ""  # classify: the output image name
+
+
+def _preprocess(image: bytes) -> np.ndarray:
+    """The image as the classifier's input [1, 3, 224, 224]; a bad image is the caller's."""
+    from . import imagenet
+
+    try:
+        return imagenet.preprocess(image)
+    except ValueError as exc:
+        reason = str(exc).removeprefix("image: ")
+        raise InvalidArgumentError(f"classify: argument 'image': {reason}") from exc
+
+
+def _top_tag(scores: np.ndarray, label: str) -> str:
+    """The top-1 tag of one image's scores (logits, or probabilities from the graph)."""
+    from . import imagenet
+
+    if scores.size != NUM_CLASSES:
+        raise InvalidArgumentError(
+            f"classify: {label} returned {scores.size} scores, expected {NUM_CLASSES} "
+            "ImageNet classes"
+        )
+    probs = scores if _is_distribution(scores) else imagenet.softmax(scores)
+    index = int(np.argmax(probs))
+    return imagenet.format_tag(probs[index], index)
 
 
 def _is_distribution(scores: np.ndarray) -> bool:

@@ -181,6 +181,15 @@ class LoadedModel:
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
 
+    @property
+    def batchable(self) -> bool:
+        """Whether the graph has a dynamic batch dimension: every input and output is a
+        tensor whose first dimension is symbolic (``batch``) or unknown, not a number."""
+        specs = [*self.inputs, *self.outputs]
+        return bool(self.inputs) and all(
+            s.dtype is not None and s.shape and not isinstance(s.shape[0], int) for s in specs
+        )
+
     def run(self, op: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the session; onnxruntime's own errors become vAccel errors naming ``op``."""
         try:
