@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vaccel_core import batching
 from vaccel_core.config import Config
 from vaccel_core.errors import (
     BackendError,
@@ -186,6 +187,10 @@ class AgentService:
         self.admission = Admission(self.limits)
         #: Every call, peer and refusal, counted (read by GetStatus and the metrics endpoint).
         self.telemetry = Telemetry()
+        #: Joins concurrent calls of one model from any clients (None: batching is off).
+        self.batcher = batching.Batcher.from_config(config)
+        if self.batcher is not None:
+            batching.report_to(self.batcher, self.telemetry)
         self.started = time.monotonic()  # GetStatus's uptime
         self._tickets = threading.local()
         self._lock = threading.RLock()
@@ -395,7 +400,10 @@ class AgentService:
 
     def _new_session(self, flags: int) -> Session:
         return Session(
-            int(flags) & ~int(PluginType.REMOTE), config=self.config, registry=self.registry
+            int(flags) & ~int(PluginType.REMOTE),
+            config=self.config,
+            registry=self.registry,
+            batcher=self.batcher,
         )
 
     def _create_session(self, msg: Any, buffers: Sequence[Buffer], peer: Peer) -> Reply:

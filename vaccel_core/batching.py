@@ -505,3 +505,32 @@ def batcher_for(config: Config, environ: Mapping[str, str] | None = None) -> Bat
         if key not in _shared:
             _shared[key] = Batcher.from_config(config) if any(key) else None
         return _shared[key]
+
+
+# Metrics --------------------------------------------------------------------------------------
+#: Upper bounds of the batch size histogram (items along the batch dimension).
+SIZE_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, float("inf"))
+#: Upper bounds of the queue time histogram, in seconds.
+QUEUE_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    float("inf"),
+)  # fmt: skip
+
+
+def report_to(batcher: Batcher, telemetry: Any) -> None:
+    """Record each batch in ``telemetry`` (the agent's call record: ``histogram`` and
+    ``observe``): ``vaccel_agent_batch_size{operation}`` per batch and
+    ``vaccel_agent_batch_queue_seconds{operation}`` per call."""
+    size, queue = "vaccel_agent_batch_size", "vaccel_agent_batch_queue_seconds"
+    telemetry.histogram(size, ("operation",), "Items per executed batch", SIZE_BUCKETS)
+    telemetry.histogram(
+        queue, ("operation",), "Seconds a call waited for its batch to start", QUEUE_BUCKETS
+    )
+
+    def observe(report: BatchReport) -> None:
+        labels = (report.operation,)
+        telemetry.observe(size, labels, float(report.size))
+        for seconds in report.queue_seconds:
+            telemetry.observe(queue, labels, seconds)
+
+    batcher.add_observer(observe)
