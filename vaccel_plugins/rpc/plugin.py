@@ -16,3 +16,25 @@ def vaccel_register_backends(register: Any) -> None:
 
     register(RpcBackend)
     register(UpstreamRpcBackend)
+
+
+def _configure_status(parser: Any) -> None:
+    from .status_view import configure
+
+    configure(parser)
+
+
+def _run_status(args: Any) -> int:
+    from .status_view import run
+
+    return run(args)
+
+
+@hookimpl
+def vaccel_register_commands(register: Any) -> None:
+    register(
+        "status",
+        "a live view of an agent: clients, sessions, calls per second, latency",
+        _configure_status,
+        _run_status,
+    )
