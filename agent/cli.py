@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import MutableMapping, Sequence
 
+from vaccel_core import batching
 from vaccel_core.auth import read_credential, read_token
 from vaccel_core.config import DEFAULT_RPC_ADDRESS, Config, parse_plugin_list, parse_vaccel_config
 from vaccel_core.errors import InvalidArgumentError, VaccelError
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow tcp on a non-loopback address without TLS, and sockets others may open",
     )
     agent_limits.add_arguments(parser)
+    batching.add_arguments(parser)
     return parser
 
 
@@ -135,6 +137,8 @@ def make_config(args: argparse.Namespace) -> Config:
     if args.blob_dir:
         config.extra["blob_dir"] = args.blob_dir
     config.extra.update({k: str(v) for k, v in agent_limits.from_arguments(args).items()})
+    config.extra.update(batching.from_arguments(args))
+    batching.policy_from_config(config)  # fail now on a bad batch setting
     from .server import limits_from_config
 
     limits_from_config(config)  # fail now on a bad --vaccel-config limit

@@ -218,7 +218,7 @@ def policy_from_config(config: Config, environ: Mapping[str, str] | None = None)
     for key, var in ((SIZE_KEY, SIZE_ENV), (DELAY_KEY, DELAY_ENV), (CONFIG_KEY, CONFIG_ENV)):
         if config.extra.get(key) not in (None, ""):
             chosen.append(config.extra[key])
-            names.append(key)
+            names.append(f"--{key.replace('_', '-')} ({key})")
         else:
             chosen.append(env.get(var))
             names.append(var)
@@ -534,3 +534,40 @@ def report_to(batcher: Batcher, telemetry: Any) -> None:
             telemetry.observe(queue, labels, seconds)
 
     batcher.add_observer(observe)
+
+
+# Command line ---------------------------------------------------------------------------------
+def add_arguments(parser: Any) -> None:
+    """The agent's batching flags (an ``argparse`` parser); values go to ``Config.extra``
+    through :func:`from_arguments` and are checked by :func:`policy_from_config`."""
+    group = parser.add_argument_group(
+        "batching", "join concurrent calls of one model into batches (see docs/batching.md)"
+    )
+    group.add_argument(
+        "--batch-max-size",
+        metavar="N",
+        help=f"most items in one batch, 2 to {MAX_BATCH_SIZE}; 0 or 1: off (default: off; "
+        f"also {SIZE_ENV}, --vaccel-config {SIZE_KEY}=N)",
+    )
+    group.add_argument(
+        "--batch-max-delay-us",
+        metavar="US",
+        help=f"most microseconds a call waits for others to join its batch (default "
+        f"{DEFAULT_DELAY_US}; also {DELAY_ENV})",
+    )
+    group.add_argument(
+        "--batch-config",
+        metavar="FILE",
+        help="TOML file with per-model settings ([models.<sha256 of the model file>] or "
+        f"[models.default]: max_size, max_delay_us; also {CONFIG_ENV})",
+    )
+
+
+def from_arguments(args: Any) -> dict[str, str]:
+    """The batching flags given, as ``Config.extra`` keys."""
+    given = {
+        SIZE_KEY: args.batch_max_size,
+        DELAY_KEY: args.batch_max_delay_us,
+        CONFIG_KEY: args.batch_config,
+    }
+    return {key: str(value) for key, value in given.items() if value is not None}
