@@ -24,6 +24,8 @@ from vaccel_core.log import configure_logging
 from vaccel_core.transport import TlsOptions, TransportOptions
 
 from . import limits as agent_limits
+from .metrics import CONFIG_KEY as METRICS_CONFIG_KEY
+from .metrics import parse_metrics_address
 
 #: Seconds in-flight calls get to finish on a stop signal (Kata kills the agent after 5 s).
 STOP_GRACE = 2.5
@@ -94,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="permissions of unix sockets (default 600: owner only; bits for others are "
         "refused without --insecure)",
     )
+    parser.add_argument(
+        "--metrics-address",
+        metavar="URI",
+        help="serve Prometheus metrics over HTTP at tcp://HOST:PORT (e.g. tcp://127.0.0.1:9464; "
+        "see docs/metrics.md); default off (also --vaccel-config metrics_address=URI)",
+    )
     security = parser.add_argument_group("security", "authentication and encryption")
     security.add_argument("--tls-cert", metavar="FILE", help="the agent's TLS certificate (PEM)")
     security.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
@@ -136,6 +144,10 @@ def make_config(args: argparse.Namespace) -> Config:
         config.log_level = args.log_level
     if args.blob_dir:
         config.extra["blob_dir"] = args.blob_dir
+    if args.metrics_address:
+        config.extra[METRICS_CONFIG_KEY] = args.metrics_address
+    if config.extra.get(METRICS_CONFIG_KEY):  # fail now on a bad address
+        parse_metrics_address(str(config.extra[METRICS_CONFIG_KEY]))
     config.extra.update({k: str(v) for k, v in agent_limits.from_arguments(args).items()})
     config.extra.update(batching.from_arguments(args))
     batching.policy_from_config(config)  # fail now on a bad batch setting
@@ -259,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for address in agent.bound_addresses:
         print(f"Listening on '{address}'", flush=True)
+    if agent.metrics is not None:
+        print(f"Serving metrics on '{agent.metrics.url}'", flush=True)
     while not stop.wait(0.5):
         pass
     agent.stop(grace=STOP_GRACE)

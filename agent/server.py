@@ -25,6 +25,8 @@ from vaccel_core.plugins import get_registry
 from vaccel_core.transport import Address, Listener, TransportOptions
 
 from .limits import BY_NAME, LIMITS, Limits, parse_size
+from .metrics import CONFIG_KEY as METRICS_CONFIG_KEY
+from .metrics import MetricsServer
 from .service import AgentService, logger
 from .telemetry import TransportHandler
 
@@ -123,6 +125,8 @@ class Agent:
         self._started = False
         self._stopping = False
         self._reaper: threading.Thread | None = None
+        #: The Prometheus endpoint (``metrics_address`` in the configuration), once started.
+        self.metrics: MetricsServer | None = None
 
     # Lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -150,6 +154,10 @@ class Agent:
                 listener = transport.listen(address, handler, self.options)
                 self._listeners.append(listener)
                 logger.info("Listening on '%s'", listener.address)
+            metrics_address = self.config.extra.get(METRICS_CONFIG_KEY)
+            if metrics_address:
+                self.metrics = MetricsServer(self.service, str(metrics_address))
+                logger.info("Serving metrics on '%s'", self.metrics.url)
         except BaseException:
             self._shutdown(0.0)
             raise
@@ -182,6 +190,8 @@ class Agent:
         self._shutdown(grace)
 
     def _shutdown(self, grace: float) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
         listeners = list(self._listeners)
         for listener in listeners:
             not_serving: Any = getattr(listener, "set_not_serving", None)
