@@ -32,7 +32,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 say "installing pyvaccel[remote,onnx] into .venv"
 "$venv/bin/python" -m pip install --quiet --upgrade 'pip>=23'
-"$venv/bin/python" -m pip install --quiet -e "$repo[remote,onnx]"
+# setuptools warns on every editable install that maps package folders (agent/ installs as
+# vaccel_agent): generic advice, not a problem here.
+PYTHONWARNINGS="ignore:Editable installation" \
+    "$venv/bin/python" -m pip install --quiet -e "$repo[remote,onnx]"
 
 say "building the default model (once; later runs only verify it)"
 "$venv/bin/vaccel" models build >&2
