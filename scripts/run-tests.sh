@@ -22,4 +22,6 @@ if [ ! -x .venv-tox/bin/tox ]; then
     "$python" -m venv .venv-tox
     .venv-tox/bin/python -m pip install --quiet --upgrade pip 'tox>=4.11'
 fi
+# setuptools reuses build/ between wheel builds and would package a module deleted since.
+rm -rf build
 exec .venv-tox/bin/tox "$@"
