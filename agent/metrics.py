@@ -213,8 +213,10 @@ def parse_metrics_address(text: str) -> tuple[str, int]:
     if scheme != "tcp" or not sep:
         raise InvalidArgumentError(f"{expected}: the scheme must be tcp")
     host, colon, port_text = rest.rpartition(":")
-    if not colon or not host:
-        raise InvalidArgumentError(f"{expected}: no HOST:PORT")
+    if not colon:
+        raise InvalidArgumentError(f"{expected}: no :PORT")
+    if not host:
+        raise InvalidArgumentError(f"{expected}: no HOST")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if host != "localhost":
