@@ -7,6 +7,10 @@ first, and a file it already holds is not sent again. Every call has a deadline
 (``VACCEL_RPC_TIMEOUT`` seconds for operations, default 300). When the agent cannot be reached
 the call fails with :class:`~vaccel_core.errors.RemoteError` naming the address; the next call
 connects again (sessions made on the lost connection are gone and say so).
+
+``VACCEL_RPC_ADDRESS`` may name several agents (a comma-separated list, or a tcp name that
+resolves to several addresses): each session is placed on one of them and stays there, with its
+resources (:mod:`vaccel_plugins.rpc.placement`).
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ class RpcBackend(AgentChannels, Backend):
         what: str | None = None,
     ) -> tuple[Any, Sequence[Buffer]]:
         request = Message(msg.SerializeToString(), tuple(buffers))
+        self._begin(address)
         try:
             reply = channel.call(method, request, timeout or self.control_timeout)
         except CallError as exc:
@@ -125,6 +130,8 @@ class RpcBackend(AgentChannels, Backend):
             if getattr(channel, "lost", True):
                 self._forget(address, channel)
             raise RemoteError(_relabel(exc.message, method, what)) from None
+        finally:
+            self._end(address)
         out = reply_type()
         try:
             out.ParseFromString(reply.payload)
@@ -150,16 +157,19 @@ class RpcBackend(AgentChannels, Backend):
 
     # Sessions ------------------------------------------------------------------------------
     def session_init(self, session: Session) -> None:
-        address = session.config.rpc_address
-        channel = self._channel(address)
         flags = int(session.flags) & ~int(PluginType.REMOTE)
-        reply, _ = self._call(
-            channel,
-            address,
-            "CreateSession",
-            self.pb.CreateSessionRequest(flags=flags),
-            reply_type=self.pb.CreateSessionResponse,
-        )
+
+        def create(address: str, channel: Channel) -> Any:
+            reply, _ = self._call(
+                channel,
+                address,
+                "CreateSession",
+                self.pb.CreateSessionRequest(flags=flags),
+                reply_type=self.pb.CreateSessionResponse,
+            )
+            return reply
+
+        address, channel, reply = self._place(session.config.rpc_address, create)
         self._remotes[session.id] = _Remote(reply.session_id, address, channel)
         logger.info(
             "session %d: remote session %d on %s (backends %s)",
@@ -199,10 +209,16 @@ class RpcBackend(AgentChannels, Backend):
         return list(reply.backends)
 
     def agent_status(self, address: str | None = None) -> Any:
-        """The agent's StatusResponse (sessions, resources, blobs it holds)."""
+        """The agent's StatusResponse (sessions, resources, blobs it holds). ``address``: one
+        agent (default: VACCEL_RPC_ADDRESS, when it names one; :meth:`agents` lists them)."""
         from vaccel_core.config import get_config
 
         address = address or get_config().rpc_address
+        if "," in address:
+            raise InvalidArgumentError(
+                f"agent status: {address!r} names several agents; ask each of them (the rpc "
+                f"backend's agents(address) lists them)"
+            )
         reply, _ = self._call(
             self._channel(address),
             address,

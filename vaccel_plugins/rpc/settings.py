@@ -28,12 +28,14 @@ def env_file(name: str) -> bytes | None:
     return read_credential(path, name) if path else None
 
 
-def client_options(**kwargs: Any) -> TransportOptions:
+def client_options(dns_name: str | None = None, **kwargs: Any) -> TransportOptions:
     """Transport options of the guest side from the environment: TLS
     (``VACCEL_RPC_TLS_CA``, ``VACCEL_RPC_TLS_CERT``, ``VACCEL_RPC_TLS_KEY``, PEM files;
     ``VACCEL_RPC_TLS=1`` for TLS with the system's roots; ``VACCEL_RPC_TLS_SERVER_NAME`` to
     check another name in the agent's certificate) and the bearer token
-    (``VACCEL_RPC_TOKEN_FILE``)."""
+    (``VACCEL_RPC_TOKEN_FILE``). ``dns_name``: the name an agent dialled by IP address was
+    found under, checked in its certificate unless ``VACCEL_RPC_TLS_SERVER_NAME`` says
+    otherwise."""
     from vaccel_core.auth import read_token
 
     ca = env_file("VACCEL_RPC_TLS_CA")
@@ -48,7 +50,7 @@ def client_options(**kwargs: Any) -> TransportOptions:
     wanted = os.environ.get("VACCEL_RPC_TLS", "").strip().lower() in {"1", "true", "yes"}
     tls = None
     if wanted or ca is not None or cert is not None or server_name:
-        tls = TlsOptions(cert=cert, key=key, ca=ca, server_name=server_name)
+        tls = TlsOptions(cert=cert, key=key, ca=ca, server_name=server_name or dns_name)
     token_file = os.environ.get("VACCEL_RPC_TOKEN_FILE")
     token = read_token(token_file, "VACCEL_RPC_TOKEN_FILE") if token_file else None
     return TransportOptions(tls=tls, token=token, **kwargs)

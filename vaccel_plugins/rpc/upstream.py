@@ -21,7 +21,8 @@ expressible: ``opencv`` (upstream needs each output's size, our API gives a coun
 
 Configuration: ``VACCEL_PLUGINS=rpc-upstream`` and ``VACCEL_RPC_ADDRESS`` (``unix://PATH``,
 ``vsock://CID:PORT``, ``tcp://HOST:PORT`` or ``ttrpc+tcp://HOST:PORT``: upstream speaks ttrpc on
-every one, so ``tcp://`` means ttrpc here); ``VACCEL_RPC_TIMEOUT``,
+every one, so ``tcp://`` means ttrpc here; several agents as for the ``rpc`` backend, each
+session on one of them); ``VACCEL_RPC_TIMEOUT``,
 ``VACCEL_RPC_CONNECT_TIMEOUT`` and ``VACCEL_RPC_MAX_MESSAGE_BYTES`` (default 1 GiB, the frame
 limit of upstream's ttrpc) as for the ``rpc`` backend. Upstream's agent keeps sessions across
 connections and has no tokens or TLS.
@@ -164,6 +165,7 @@ class UpstreamRpcBackend(AgentChannels, Backend):
         from vaccel_core.proto.upstream import SERVICE_NAME
 
         payload = request.SerializeToString()
+        self._begin(address)
         try:
             reply = channel.invoke(
                 SERVICE_NAME, method, Message(payload), timeout or self.control_timeout
@@ -174,6 +176,8 @@ class UpstreamRpcBackend(AgentChannels, Backend):
             if getattr(channel, "lost", True):
                 self._forget(address, channel)
             raise RemoteError(f"{what}: {exc.message}") from None
+        finally:
+            self._end(address)
         out = reply_type()
         try:
             out.ParseFromString(reply.payload)
@@ -203,17 +207,19 @@ class UpstreamRpcBackend(AgentChannels, Backend):
 
     # Sessions ------------------------------------------------------------------------------
     def session_init(self, session: Session) -> None:
-        address = session.config.rpc_address
-        channel = self._channel(address)
         flags = int(session.flags) & ~int(PluginType.REMOTE) & 0xFFFFFFFF
-        reply = self._call(
-            channel,
-            address,
-            "CreateSession",
-            self.pb.session.CreateRequest(flags=flags),
-            self.pb.session.CreateResponse,
-            "create session",
-        )
+
+        def create(address: str, channel: Any) -> Any:
+            return self._call(
+                channel,
+                address,
+                "CreateSession",
+                self.pb.session.CreateRequest(flags=flags),
+                self.pb.session.CreateResponse,
+                "create session",
+            )
+
+        address, channel, reply = self._place(session.config.rpc_address, create)
         self._remotes[session.id] = _Remote(reply.session_id, address, channel)
         logger.info("session %d: session %d on %s", session.id, reply.session_id, address)
 
