@@ -646,7 +646,7 @@ DRIFTS: dict[str, tuple[str, Callable[[list[dict[str, Any]]], None]]] = {
     "token path": ("paths", _set_arg("--token-file", "/etc/vaccel/token")),
     "blob quota": ("paths", _set_arg("--blob-quota", "8G")),
     "writable root": ("paths", _edit(f"{AGENT}.securityContext.readOnlyRootFilesystem", False)),
-    "guest secret": ("paths", _edit("spec.containers.0.env.6.value", "/token", "Pod")),
+    "guest secret": ("paths", _edit("spec.containers.0.env.5.value", "/token", "Pod")),
     "image name": ("images", _edit(f"{AGENT}.image", "pyvaccel/agent:0.1.0")),
     "image tag": ("images", _edit(f"{AGENT}.image", "pyvaccel-agent-orin:latest")),
     "runtime handler": ("runtime", _edit("handler", "kata-qemu", "RuntimeClass")),
@@ -786,7 +786,11 @@ def test_agent_starts_from_the_daemonset_arguments(rendered, node: Path):
 
         guest_pod = one(rendered["examples/guest"], "Pod")["spec"]["containers"][0]
         env = {e["name"]: e["value"] for e in guest_pod["env"]}
-        env["VACCEL_RPC_ADDRESS"] = f"tcp://127.0.0.1:{tcp_port}"  # the Service's DNS name here
+        # No cluster DNS here: dial the agent, checking its certificate against the name the
+        # guest dials (what the rpc backend does for a name that resolves to the agents).
+        service_host, _ = host_port(env["VACCEL_RPC_ADDRESS"])
+        env["VACCEL_RPC_ADDRESS"] = f"tcp://127.0.0.1:{tcp_port}"
+        env["VACCEL_RPC_TLS_SERVER_NAME"] = service_host
         files = {
             "/etc/vaccel/tls/ca.crt": pki["ca.crt"],
             "/etc/vaccel/tls/tls.crt": pki["guest.crt"],
