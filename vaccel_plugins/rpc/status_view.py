@@ -321,8 +321,14 @@ def _once(client: StatusClient, as_json: bool) -> int:
     from rich.console import Console
 
     console = Console()
-    console.print(render(snap, call_rates(None, snap), console.width))
+    _print(console, render(snap, call_rates(None, snap), console.width))
     return 0
+
+
+def _print(console: Any, view: Any) -> None:
+    """Print one frame; the list form (narrow or piped) keeps each entry on one line, however
+    long (``grep`` finds it whole), where a terminal would fold it."""
+    console.print(view, soft_wrap=console.width < TABLE_MIN_WIDTH)
 
 
 def _live(client: StatusClient, interval: float) -> int:
@@ -352,7 +358,7 @@ def _live(client: StatusClient, interval: float) -> int:
     try:
         if not console.is_terminal:  # piped: one frame after another, never redrawn
             while True:
-                console.print(view())
+                _print(console, view())
                 console.print()
                 deadline = _sleep_until(deadline + interval)
                 next_poll()
