@@ -15,7 +15,10 @@ invalid arguments, which must raise a :class:`~vaccel_core.errors.VaccelError` (
 crashes with another exception fails); then ``init``/``fini`` and the session and resource
 hooks; then several threads, each with its own session; then the same backend behind a real
 ``vaccel-agent`` process, reached through the rpc backend (skipped, with the reason, when the
-``remote`` extra is not installed).
+``remote`` extra is not installed). A backend that declares ``batch_operations`` is also run in
+batches (:meth:`BackendConformance.test_batching`): each call of a batch must get exactly the
+result it gets alone (arrays within :data:`BATCH_ATOL`), in order; override
+:meth:`BackendConformance.batch_args` to give distinct calls that batch together.
 
 Override :meth:`BackendConformance.sample_args` (real models, real images) and
 :meth:`BackendConformance.invalid_args` (calls that pass the catalog's checks but that your
@@ -58,6 +61,7 @@ from .resource import Resource
 from .session import Session
 
 __all__ = [
+    "BATCH_ATOL",
     "PNG_1PX",
     "PNG_32PX",
     "AgentProcess",
@@ -78,8 +82,8 @@ PNG_1PX = bytes.fromhex(
 )
 
 
-def _png(width: int, height: int) -> bytes:
-    """An RGB PNG image of a horizontal gradient."""
+def _png(width: int, height: int, green: int = 128, blue: int = 64) -> bytes:
+    """An RGB PNG image of a horizontal red gradient over constant green and blue."""
     import struct
     import zlib
 
@@ -87,7 +91,7 @@ def _png(width: int, height: int) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-    row = bytes(v for x in range(width) for v in (x * 255 // max(width - 1, 1), 128, 64))
+    row = bytes(v for x in range(width) for v in (x * 255 // max(width - 1, 1), green, blue))
     raw = b"".join(b"\x00" + row for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
@@ -308,6 +312,44 @@ def check_call_refused(session: Session, op: Op, args: tuple[Any, ...]) -> Vacce
     raise AssertionError(f"{name}{_brief_args(args)}: accepted arguments it must refuse")
 
 
+#: Largest difference between a batched and an alone array result the kit accepts.
+BATCH_ATOL = 1e-5
+
+
+def _difference(got: Any, want: Any, where: str = "") -> str | None:
+    """How ``got`` differs from ``want`` (arrays within :data:`BATCH_ATOL`), or None."""
+    if isinstance(want, np.ndarray) or isinstance(got, np.ndarray):
+        a, b = np.asarray(got), np.asarray(want)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return f"{where}{a.dtype} {a.shape} instead of {b.dtype} {b.shape}"
+        if a.size and not np.allclose(a, b, rtol=0.0, atol=BATCH_ATOL, equal_nan=True):
+            worst = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+            return f"{where}values differ by up to {worst:.3g} (allowed {BATCH_ATOL:g})"
+        return None
+    if isinstance(want, Mapping) and isinstance(got, Mapping):
+        if set(got) != set(want):
+            return f"{where}keys {sorted(got)} instead of {sorted(want)}"
+        for key in want:
+            why = _difference(got[key], want[key], f"{where}[{key!r}] ")
+            if why is not None:
+                return why
+        return None
+    if isinstance(want, (tuple, list)) and isinstance(got, (tuple, list)):
+        if len(got) != len(want):
+            return f"{where}{len(got)} values instead of {len(want)}"
+        for k, (g, w) in enumerate(zip(got, want, strict=True)):
+            why = _difference(g, w, f"{where}[{k}] ")
+            if why is not None:
+                return why
+        return None
+    return None if got == want else f"{where}{_clip_value(got)} instead of {_clip_value(want)}"
+
+
+def _clip_value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
 def _brief_args(args: tuple[Any, ...]) -> str:
     return "(" + ", ".join(_what(a) for a in args) + ")"
 
@@ -448,6 +490,17 @@ class BackendConformance:
         """Extra argument tuples ``op`` must refuse with a VaccelError (beyond the wrong-type
         ones the kit makes itself): e.g. a model that is not a model."""
         return []
+
+    def batch_args(
+        self, op: Op, resources: Mapping[ResourceType, Resource]
+    ) -> list[tuple[Any, ...]]:
+        """Distinct argument tuples of ``op`` that can run in one batch (default: 4 images of
+        different colours for the image operations, else :meth:`sample_args` once). Give real
+        inputs that produce different results: the kit checks each call gets its own."""
+        spec = CATALOG[op]
+        if spec.params and spec.params[0].kind is Kind.BYTES and op.name.startswith("IMAGE_"):
+            return [(_png(32, 32, green, 255 - green),) for green in (0, 85, 170, 255)]
+        return [self.sample_args(op, resources)]
 
     # Helpers -----------------------------------------------------------------------------------
     def make_registry(self) -> PluginRegistry:
@@ -609,6 +662,73 @@ class BackendConformance:
                 raise AssertionError(
                     f"{len(errors)} of {self.threads} threads failed; first: {errors[0]}"
                 ) from errors[0]
+
+    def test_batching(self) -> None:
+        """For each operation in ``batch_operations``: distinct calls prepared
+        (``prepare_batch``) and run as one batch (``run_batch``), in order and reversed, each
+        get a valid result equal to what the same call gets alone."""
+        pytest = _pytest()
+        with self._registry() as registry:
+            cls = registry.backends[self.backend].cls
+            batched = [op for op in self.declared(registry) if op in cls.batch_operations]
+            if not batched:
+                pytest.skip(f"backend {self.backend!r} declares no batch_operations")
+            with Session(config=self.config(), registry=registry, batcher=None) as session:
+                session.batcher = None  # alone means alone, whatever VACCEL_BATCH_* says
+                resources = self.make_resources(session)
+                checked = 0
+                for op in batched:
+                    checked += self._check_batch(session, op, self.batch_args(op, resources))
+            if not checked:
+                pytest.skip(
+                    f"backend {self.backend!r}: prepare_batch returned None for every sample "
+                    f"(override batch_args with calls that batch)"
+                )
+
+    def _check_batch(self, session: Session, op: Op, calls: list[tuple[Any, ...]]) -> int:
+        """Run ``calls`` alone and in batches; how many calls were batched."""
+        from .validate import check_args
+
+        spec = CATALOG[op]
+        backend = session.backend_for(op)
+        alone = [session.genop(op, *args) for args in calls]
+        items, expected = [], []
+        for args, result in zip(calls, alone, strict=True):
+            try:
+                item = backend.prepare_batch(session, op, check_args(spec, args, session))
+            except Exception as exc:
+                raise AssertionError(
+                    f"backend {self.backend!r}: prepare_batch({spec.method}) of valid arguments "
+                    f"{_brief_args(args)} raised {type(exc).__name__}: {exc}"
+                ) from exc
+            if item is not None:
+                items.append(item)
+                expected.append(result)
+        if not items:
+            return 0
+        order = list(range(len(items)))
+        for indices in (order, order[::-1]):
+            results = backend.run_batch(op, [items[i] for i in indices])
+            assert isinstance(results, (list, tuple)) and len(results) == len(indices), (
+                f"backend {self.backend!r}: run_batch({spec.method}) of {len(indices)} calls "
+                f"returned {_what(results)}, expected one result per call"
+            )
+            for position, (i, got) in enumerate(zip(indices, results, strict=True)):
+                try:
+                    check_result(op, got)
+                except AssertionError as exc:
+                    raise AssertionError(
+                        f"backend {self.backend!r}: run_batch({spec.method}) result "
+                        f"{position}: {exc}"
+                    ) from exc
+                why = _difference(got, expected[i])
+                if why is not None:
+                    raise AssertionError(
+                        f"backend {self.backend!r}: run_batch({spec.method}) result "
+                        f"{position} (call {i} of a batch of {len(indices)}) is not what the "
+                        f"same call gets alone: {why}"
+                    )
+        return len(items)
 
     def test_behind_agent(self) -> None:
         """The same operations through a real agent process and the rpc backend."""
