@@ -247,8 +247,8 @@ class MetricsServer:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise VaccelError(f"{FLAG} {address}: cannot listen ({reason})") from None
-        bound_host, bound_port = self._httpd.server_address[:2]
-        shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+        bound_host, bound_port = (str(part) for part in self._httpd.server_address[:2])
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         #: Where it listens, with the real port (``tcp://127.0.0.1:0`` gets one).
         self.address = f"tcp://{shown}:{bound_port}"
         self._stopped = threading.Event()

@@ -145,6 +145,13 @@ class _AgentSession:
 
 Reply = tuple[Any, Sequence[Buffer]]
 
+
+def _size(message: Message) -> int:
+    """``message.nbytes`` without a generator for the usual message with no buffers."""
+    buffers = message.buffers
+    return len(message.payload) + (sum(map(len, buffers)) if buffers else 0)
+
+
 #: Sessions of a client that never attached (a plain gRPC client such as grpcurl) cannot be
 #: released when it goes away; they are released after this many idle seconds instead.
 UNATTACHED_TTL = 300.0
@@ -186,7 +193,7 @@ class AgentService:
         )
         self.admission = Admission(self.limits)
         #: Every call, peer and refusal, counted (read by GetStatus and the metrics endpoint).
-        self.telemetry = Telemetry()
+        self.telemetry = Telemetry(lambda client: self.admission.in_flight(client)[0])
         #: Joins concurrent calls of one model from any clients (None: batching is off).
         self.batcher = batching.Batcher.from_config(config)
         if self.batcher is not None:
@@ -219,13 +226,13 @@ class AgentService:
     def handle(self, method: str, request: Message, peer: Peer, transport: str = "") -> Message:
         """Serve one call, counted in :attr:`telemetry` (``transport``: the listener's)."""
         label = method if method in self._methods else UNKNOWN_METHOD
-        call = self._tickets.call = self.telemetry.begin(label, peer.id, transport, request.nbytes)
+        call = self._tickets.call = self.telemetry.begin(label, peer.id, transport, _size(request))
         try:
             reply = self._serve(method, request, peer)
         except BaseException as exc:
             self.telemetry.failed(call, exc)
             raise
-        self.telemetry.end(call, "OK", reply.nbytes)
+        self.telemetry.end(call, "OK", _size(reply))
         return reply
 
     def _serve(self, method: str, request: Message, peer: Peer) -> Message:
@@ -278,8 +285,10 @@ class AgentService:
             return
         call.operation = operation
         if session is not None:
-            with contextlib.suppress(VaccelError):
+            try:  # noqa: SIM105 (contextlib.suppress costs more, on every Run)
                 call.backend = session.backend_for(op).name
+            except VaccelError:
+                pass
 
     def peer_connected(self, peer: Peer, transport: str = "") -> None:
         with self._lock:

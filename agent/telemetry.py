@@ -12,10 +12,11 @@ are address schemes and statuses are gRPC status names. Peers are kept only whil
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -128,29 +129,44 @@ def limit_named(message: str) -> str | None:
     return _LIMIT_BY_FLAG.get(tail[:-1].rsplit(" ", 1)[-1])
 
 
-class Telemetry:
-    """Counts of the agent's calls, peers and refusals (thread-safe; snapshots are copies)."""
+class _Record:
+    """The calls of one (method, operation, backend, transport, status)."""
+
+    __slots__ = ("buckets", "calls", "received", "seconds", "sent")
 
     def __init__(self) -> None:
+        self.calls = 0
+        self.seconds = 0.0
+        self.buckets = _empty_buckets(BUCKETS)
+        self.received = 0
+        self.sent = 0
+
+
+#: ``in_flight(peer_id)``: calls of that peer being served now; ``in_flight(None)``: of all.
+InFlight = Callable[[str | None], int]
+
+
+class Telemetry:
+    """Counts of the agent's calls, peers and refusals (thread-safe; snapshots are copies).
+
+    ``in_flight`` tells how many calls are being served (the agent's admission counts them
+    already; the call path does not count them twice)."""
+
+    def __init__(self, in_flight: InFlight | None = None) -> None:
         self._lock = threading.Lock()
-        self._calls: dict[tuple[str, str, str], CallStats] = {}
-        self._outcomes: dict[tuple[str, str, str, str, str], int] = {}
-        self._traffic: dict[str, list[int]] = {}  # transport -> [received, sent]
+        self._records: dict[tuple[str, str, str, str, str], _Record] = {}
         self._peers: dict[str, PeerStats] = {}
         self._rejections: dict[str, int] = {}
         self._histograms: dict[str, Histogram] = {}
-        self._in_flight = 0
+        self._in_flight = in_flight
 
     # The call path -------------------------------------------------------------------------
     def begin(self, method: str, peer_id: str, transport: str, received: int) -> Call:
         """A call of ``method`` by ``peer_id`` has arrived with ``received`` bytes of request.
         ``transport`` may be empty: a connected peer's own transport is used then."""
-        with self._lock:
-            self._in_flight += 1
-            peer = self._peers.get(peer_id)
-            if peer is not None:
-                peer.in_flight += 1
-                transport = transport or peer.transport
+        peer = self._peers.get(peer_id)  # no lock: one dict read
+        if peer is not None and not transport:
+            transport = peer.transport
         return Call(method, transport, peer, received)
 
     def end(self, call: Call, status: str, sent: int = 0, message: str = "") -> None:
@@ -159,33 +175,25 @@ class Telemetry:
         rejection by that limit."""
         seconds = time.perf_counter() - call.start
         index = bisect_left(BUCKETS, seconds)
-        failed = status != "OK"
-        limit = limit_named(message) if status == "RESOURCE_EXHAUSTED" else None
-        key = (call.method, call.operation, call.backend)
-        outcome = (*key, call.transport, status)
+        key = (call.method, call.operation, call.backend, call.transport, status)
+        peer = call.peer
         with self._lock:
-            self._in_flight -= 1
-            stats = self._calls.get(key)
-            if stats is None:
-                stats = self._calls[key] = CallStats()
-            stats.calls += 1
-            stats.seconds += seconds
-            stats.buckets[index] += 1
-            self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
-            traffic = self._traffic.get(call.transport)
-            if traffic is None:
-                traffic = self._traffic[call.transport] = [0, 0]
-            traffic[0] += call.received
-            traffic[1] += sent
-            peer = call.peer
+            record = self._records.get(key)
+            if record is None:
+                record = self._records[key] = _Record()
+            record.calls += 1
+            record.seconds += seconds
+            record.buckets[index] += 1
+            record.received += call.received
+            record.sent += sent
             if peer is not None:
-                peer.in_flight -= 1
                 peer.calls += 1
-            if failed:
-                stats.errors += 1
-                if peer is not None:
+                if status != "OK":
                     peer.errors += 1
-                if limit is not None:
+        if status == "RESOURCE_EXHAUSTED":
+            limit = limit_named(message)
+            if limit is not None:
+                with self._lock:
                     self._rejections[limit] = self._rejections.get(limit, 0) + 1
 
     def failed(self, call: Call, exc: BaseException) -> None:
@@ -255,31 +263,43 @@ class Telemetry:
     # Snapshots -----------------------------------------------------------------------------
     def calls(self) -> dict[tuple[str, str, str], CallStats]:
         """Calls by (method, operation, backend)."""
+        out: dict[tuple[str, str, str], CallStats] = {}
         with self._lock:
-            return {
-                key: CallStats(s.calls, s.errors, s.seconds, list(s.buckets))
-                for key, s in self._calls.items()
-            }
+            for (method, operation, backend, _, status), r in self._records.items():
+                stats = out.get((method, operation, backend))
+                if stats is None:
+                    stats = out[(method, operation, backend)] = CallStats()
+                stats.calls += r.calls
+                stats.errors += r.calls if status != "OK" else 0
+                stats.seconds += r.seconds
+                stats.buckets = [a + b for a, b in zip(stats.buckets, r.buckets, strict=True)]
+        return out
 
     def outcomes(self) -> dict[tuple[str, str, str, str, str], int]:
         """Calls by (method, operation, backend, transport, status)."""
         with self._lock:
-            return dict(self._outcomes)
+            return {key: r.calls for key, r in self._records.items()}
 
     def traffic(self) -> dict[str, tuple[int, int]]:
         """(received, sent) message bytes by transport."""
+        out: dict[str, tuple[int, int]] = {}
         with self._lock:
-            return {transport: (rx, tx) for transport, (rx, tx) in self._traffic.items()}
+            for (_, _, _, transport, _), r in self._records.items():
+                received, sent = out.get(transport, (0, 0))
+                out[transport] = (received + r.received, sent + r.sent)
+        return out
 
     def peers(self) -> dict[str, PeerStats]:
         """Connected peers by peer id."""
         with self._lock:
-            return {
-                pid: PeerStats(
-                    p.description, p.transport, p.calls, p.errors, p.in_flight, p.connected_at
-                )
+            peers = {
+                pid: PeerStats(p.description, p.transport, p.calls, p.errors, 0, p.connected_at)
                 for pid, p in self._peers.items()
             }
+        if self._in_flight is not None:
+            for pid, stats in peers.items():
+                stats.in_flight = self._in_flight(pid)
+        return peers
 
     def rejections(self) -> dict[str, int]:
         """Requests refused, by limit name."""
@@ -287,9 +307,8 @@ class Telemetry:
             return dict(self._rejections)
 
     def in_flight(self) -> int:
-        """Calls being served now."""
-        with self._lock:
-            return self._in_flight
+        """Calls being served now (0 without an ``in_flight`` source)."""
+        return self._in_flight(None) if self._in_flight is not None else 0
 
     def histograms(self) -> dict[str, Histogram]:
         """The extra histograms with their series, by name."""
@@ -310,7 +329,8 @@ class Telemetry:
 
 
 class _Service(Protocol):
-    services: Mapping[str, Any]
+    @property
+    def services(self) -> Mapping[str, Any]: ...
 
     def handle(self, method: str, request: Message, peer: Peer, transport: str = "") -> Message: ...
 
@@ -329,9 +349,11 @@ class TransportHandler:
         #: Other ttrpc services on the same connections (their calls take the transport of
         #: the peer that makes them).
         self.services = service.services
-
-    def handle(self, method: str, request: Message, peer: Peer) -> Message:
-        return self.service.handle(method, request, peer, self.transport)
+        #: ``handle(method, request, peer)``: the service's, with the transport (a partial:
+        #: no extra Python frame on every call).
+        self.handle: Callable[[str, Message, Peer], Message] = functools.partial(
+            service.handle, transport=transport
+        )
 
     def peer_connected(self, peer: Peer) -> None:
         self.service.peer_connected(peer, self.transport)

@@ -23,11 +23,13 @@ pytestmark = [
 def test_a_call_counts_once_in_its_bucket_its_outcome_and_its_transport() -> None:
     from vaccel_agent.telemetry import BUCKETS, Telemetry
 
-    t = Telemetry()
+    flying = {"p1": 1}
+    t = Telemetry(lambda peer: flying.get(peer, 0) if peer else sum(flying.values()))
     t.connected("p1", "pid 7", "unix")
     call = t.begin("Run", "p1", "", 100)
-    assert t.in_flight() == 1
+    assert t.in_flight() == 1, "from the in-flight source"
     assert t.peers()["p1"].in_flight == 1
+    flying.clear()
     call.operation, call.backend = "noop", "noop"
     t.end(call, "OK", 40)
     stats = t.calls()[("Run", "noop", "noop")]
@@ -61,6 +63,7 @@ def test_failures_count_as_errors_and_limits_as_rejections() -> None:
     assert t.calls()[("Run", "", "")].errors == 2
     assert t.peers()["p"].errors == 3
     assert t.traffic() == {"tcp": (30, 0)}
+    assert t.in_flight() == 0, "no in-flight source: none known"
 
 
 def test_snapshots_are_copies_and_peers_only_live_ones() -> None:
@@ -123,7 +126,6 @@ def test_concurrent_calls_lose_no_count() -> None:
     assert t.calls()[("Run", "", "")].calls == 8000
     assert t.peers()["p"].calls == 8000
     assert t.traffic() == {"unix": (8000, 16000)}
-    assert t.in_flight() == 0
 
 
 # Through the service -----------------------------------------------------------------------------
@@ -193,5 +195,8 @@ def test_the_service_counts_every_call_by_method_operation_backend_and_status(
     assert (peer_stats.calls, peer_stats.errors, peer_stats.in_flight) == (9, 4, 0)
     received, sent = t.traffic()["vsock"]
     assert received > 2 * 16 and sent > 16, "the sgemm's tensors in, its result out"
+    with served.admission.admit("client-1", "Run", 10):  # a call being served
+        assert (t.in_flight(), t.peers()["client-1"].in_flight) == (1, 1)
+    assert t.in_flight() == 0
     handler.peer_disconnected(peer)
     assert t.peers() == {}
