@@ -271,3 +271,26 @@ def test_live_view_goes_on_through_an_agent_restart(agent: AgentProcess, tmp_pat
     assert proc.returncode == 0, err
     assert f"unreachable: cannot reach the vAccel agent at {agent.address}" in seen, seen
     assert _recovered(text), text
+
+
+@pytest.mark.parametrize("width", [140, 60])
+def test_control_characters_from_the_agent_never_reach_the_terminal(width: int) -> None:
+    """Whatever answers at the address (a compromised agent, another program) cannot move the
+    cursor, clear the screen or retitle the operator's terminal through the names it sends."""
+    from rich.console import Console
+
+    snap = _snapshot("peer\x1b[2J\x1b]0;owned\x07")
+    snap["calls"][0]["backend"] = "onnx\x1b[31m"
+    snap["version"] = "1.0\r\x9b"
+    console = Console(width=width, record=True, force_terminal=True, color_system=None)
+    console.print(render(snap, call_rates(None, snap), width, error="gone\x1b[H"))
+    text = console.export_text()
+    assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text and "\r" not in text
+    flat = "".join(text.split())
+    for shown in (
+        "peer\\x1b[2J\\x1b]0;owned\\x07",
+        "onnx\\x1b[31m",
+        "1.0\\x0d\\x9b",
+        "gone\\x1b[H",
+    ):
+        assert shown in flat, (shown, text)

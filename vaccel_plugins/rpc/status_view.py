@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -84,6 +85,15 @@ class StatusClient:
 
 
 # Rendering ------------------------------------------------------------------------------------
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown as ``\\xNN``: what an agent sends (names,
+    descriptions, errors) never moves the cursor or retitles the operator's terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
@@ -208,11 +218,11 @@ def render(
 
     parts: list[Any] = []
     if error is not None:
-        parts.append(Text(f"unreachable: {error}", style="bold red"))
+        parts.append(Text(f"unreachable: {printable(error)}", style="bold red"))
     if snap is None:
         return Group(*parts)
     for label, value in summary_lines(snap, rows):
-        parts.append(Text(f"{label:>9}: ", style="bold") + Text(value))
+        parts.append(Text(f"{label:>9}: ", style="bold") + Text(printable(value)))
     sections = []
     if snap["view"] == "operator":
         sections.append(("Calls", CALL_COLUMNS, [call_cells(r) for r in rows]))
@@ -232,15 +242,15 @@ def render(
             if not cells:
                 parts.append(Text("  none"))
             for values in cells:
-                head = Text(f"- {values[0]}", style="bold")
+                head = Text(f"- {printable(values[0])}", style="bold")
                 rest = ", ".join(f"{c} {v}" for c, v in zip(columns[1:], values[1:], strict=True))
-                parts.append(head + Text(f": {rest}"))
+                parts.append(head + Text(f": {printable(rest)}"))
             continue
         table = Table(title=title, title_justify="left", expand=False)
         for i, column in enumerate(columns):
             table.add_column(column, overflow="fold", justify="right" if i >= 3 else "left")
         for values in cells:
-            table.add_row(*(Text(v) for v in values))
+            table.add_row(*(Text(printable(v)) for v in values))
         parts.append(table)
     return Group(*parts)
 
@@ -281,7 +291,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _fail(message: str) -> int:
-    print(f"vaccel status: error: {message}", file=sys.stderr)
+    print(f"vaccel status: error: {printable(message)}", file=sys.stderr)
     return 1
 
 
