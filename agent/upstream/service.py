@@ -23,8 +23,8 @@ from vaccel_core.proto.upstream import SERVICE_NAME, upstream
 from vaccel_core.transport import Peer, StatusError
 
 from . import bounds, errors
-from .args import Arg, ArgError, fill_text
-from .genop import genop
+from .args import Arg, ArgError, ArgReader, fill_text
+from .genop import genop, op_type
 from .models import Models
 from .resources import Resources
 from .state import State, check_id
@@ -86,7 +86,7 @@ class UpstreamAgentService:
         """Serve one call, counted in the agent's telemetry (under upstream's method name)."""
         telemetry = self.agent.telemetry
         label = method if method in self._methods else UNKNOWN_METHOD
-        call = telemetry.begin(label, peer.id, "", len(payload))
+        call = self.agent._tickets.call = telemetry.begin(label, peer.id, "", len(payload))
         try:
             reply = self._serve(method, payload, peer)
         except BaseException as exc:
@@ -162,6 +162,7 @@ class UpstreamAgentService:
     # Operations ----------------------------------------------------------------------------
     def _image_classification(self, msg: Any, peer: Peer) -> Any:
         record = self.state.session(msg.session_id, peer)
+        self.agent._note_run(Op.IMAGE_CLASSIFY.value, record.session, Op.IMAGE_CLASSIFY)
         tags, _ = record.session.genop(Op.IMAGE_CLASSIFY, msg.image)
         out = Arg(bytearray(TAGS_BYTES), 0)
         fill_text(out, str(tags))
@@ -176,6 +177,7 @@ class UpstreamAgentService:
                 )
         read = [Arg.from_proto(a) for a in msg.read_args]
         write = [Arg.from_proto(a, writable=True) for a in msg.write_args]
+        self._note_operation(record.session, read)
         # The reply carries every write arg back: held twice (the buffers and the message).
         self.agent._reserve_reply(sum(a.size for a in write) + 16 * len(write), "its write args")
 
@@ -192,6 +194,15 @@ class UpstreamAgentService:
         record.last_used = time.monotonic()
         arg_type = self.pb.genop.Arg
         return self.pb.genop.Response(write_args=[a.to_proto(arg_type) for a in write])
+
+    def _note_operation(self, session: Any, read: list[Arg]) -> None:
+        """The operation of a genop call (its first read arg), for the agent's telemetry; a
+        bad one is left for genop to report."""
+        try:
+            op = Op[op_type(ArgReader(read, "read")).name]
+        except (ArgError, KeyError):
+            return
+        self.agent._note_run(op.value, session, op)
 
     def _get_profiler(self, msg: Any, peer: Peer) -> Any:
         check_id(msg.session_id)
