@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import os
 import re
 import shutil
@@ -811,6 +812,20 @@ def test_agent_starts_from_the_daemonset_arguments(rendered, node: Path):
         )
         assert out.returncode == 0, out.stderr
         assert "classification tags: This is a dummy classification tag!" in out.stdout
+
+        # docs/operations.md's readiness check: vaccel status with the operator's token.
+        (unix,) = addresses(args, "unix")
+        admin = flag_values(args, "--admin-token-file")[0]
+        status = ["status", unix, "--admin-token-file", admin, "--once", "--json"]
+        out = subprocess.run(
+            [sys.executable, "-m", "vaccel_core.cli", *status],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=clean_env(),
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)
     finally:
         assert agent.stop(signal.SIGTERM) == 0
     out = subprocess.run(probe, capture_output=True, text=True, timeout=30, env=clean_env())
@@ -825,3 +840,83 @@ def test_guest_photo_is_in_the_guest_image(rendered):
     copy_line = re.search(r"^COPY examples/photos (\S+)$", text, re.M)
     assert copy_line and command[1] == f"{copy_line[1]}/{Path(command[1]).name}"
     assert (ROOT / "examples" / "photos" / Path(command[1]).name).is_file()
+
+
+# docs/operations.md says what the files say -----------------------------------------------------
+def _doc() -> str:
+    return OPERATIONS_DOC.read_text()
+
+
+def test_operations_doc_names_only_files_that_exist():
+    doc = _doc()
+    paths = {p.rstrip(".,:;") for p in re.findall(r"(?<![\w/])deploy/[\w./-]+", doc)}
+    assert paths
+    for path in paths:
+        assert (ROOT / path).exists(), f"docs/operations.md names {path}, which does not exist"
+    applied = re.findall(r"kubectl apply -k ([^\s`]+)", doc)
+    assert {a.removeprefix("deploy/kubernetes/") for a in applied} == set(KUSTOMIZATIONS)
+    for path in re.findall(r"kubectl apply -f ([^\s`]+)", doc):
+        assert (ROOT / path).is_file(), path
+    for target, anchor in re.findall(r"\]\(([\w.-]+\.md)(?:#([\w-]+))?\)", doc):
+        linked = OPERATIONS_DOC.parent / target
+        assert linked.is_file(), f"docs/operations.md links to {target}, which does not exist"
+        headings = re.findall(r"^#+ (.+)$", linked.read_text(), re.M)
+        slugs = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+        assert not anchor or anchor in slugs, f"{target} has no heading for #{anchor}"
+
+
+def test_operations_doc_creates_the_secrets_the_manifests_read(rendered):
+    doc = re.sub(r"\\\n\s*", "", _doc())  # join continued command lines
+    for obj in every(rendered):
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        namespace = obj["metadata"]["namespace"]
+        for container in spec["containers"]:
+            values = container.get("args", []) + [
+                e.get("value", "") for e in container.get("env", [])
+            ]
+            for volume_mount in container.get("volumeMounts", []):
+                volume = next(v for v in spec["volumes"] if v["name"] == volume_mount["name"])
+                if "secret" not in volume:
+                    continue
+                name = volume["secret"]["secretName"]
+                command = re.search(
+                    rf"kubectl -n {namespace} create secret generic {name} (.*)", doc
+                )
+                assert command, f"docs/operations.md does not create Secret {namespace}/{name}"
+                keys = set(re.findall(r"--from-file=([\w.-]+)=", command[1]))
+                prefix = volume_mount["mountPath"].rstrip("/") + "/"
+                used = {
+                    m[len(prefix) :]
+                    for v in values
+                    for m in re.findall(rf"{re.escape(prefix)}[\w.-]+", v)
+                }
+                assert used and used <= keys, f"Secret {name}: files {used}, doc creates {keys}"
+
+
+def test_operations_doc_quotes_the_manifests(rendered):
+    doc = _doc()
+    container = agent_container(rendered["base"])
+    args = dict(a.split("=", 1) for a in container["args"] if a.startswith("--") and "=" in a)
+    for flag, value in re.findall(r"(--[a-z-]+)=([^\s`),]+)", doc):
+        if flag in args and flag != "--server-address":
+            assert value == args[flag], f"docs/operations.md: {flag}={value}, manifest {args[flag]}"
+    for probe, period, after in re.findall(r"^\| (\w+) \| (\d+) s \| ([^|]+) \|", doc, re.M):
+        spec = container[f"{probe}Probe"]
+        assert int(period) == spec["periodSeconds"], probe
+        total = spec["periodSeconds"] * spec["failureThreshold"]
+        assert after.strip() in {f"{total} s", f"{spec['failureThreshold']} failures"} or (
+            after.startswith(f"{spec['failureThreshold']} failures ({total // 60} min)")
+        ), f"{probe}: {after}"
+    kata = one(rendered["base"], "RuntimeClass", "kata-vaccel")["overhead"]["podFixed"]
+    assert f"overhead of {kata['cpu']} CPU and {kata['memory']}" in doc
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    assert (
+        f"requests {requests['cpu']} CPU and {requests['memory']} and may use {limits['memory']}"
+        in doc
+    )
+    for image in ("pyvaccel-agent", "pyvaccel-agent-orin", "pyvaccel-guest"):
+        build = re.search(rf"docker build -f (\S+) -t \S+/{image}:(\S+) \.", doc)
+        assert build and build[2] == project_version(), image
+        assert f"-t {image} ." in (ROOT / build[1]).read_text(), f"{build[1]} builds {image}?"
