@@ -66,13 +66,27 @@ def run_calls(agent: AgentProcess) -> int:
     return sum(int(c.calls) for c in status(agent).calls if c.method == "Run")
 
 
+def scraped_run_calls(agent: AgentProcess) -> int:
+    """The same count from the agent's Prometheus endpoint (``--metrics-address``):
+    ``vaccel_agent_calls_total{method="Run"}`` over every other label."""
+    from tests.metrics.scrape import metrics_url, scrape
+
+    samples = scrape(metrics_url(agent)).samples.get("vaccel_agent_calls_total", {})
+    return int(sum(value for labels, value in samples.items() if ("method", "Run") in labels))
+
+
+def start_fleet_agent(address: str) -> AgentProcess:
+    """An agent (noop backend) at ``address`` with its metrics on a free loopback port."""
+    return start_agent([address], args=["--metrics-address", "tcp://127.0.0.1:0"])
+
+
 @pytest.fixture
 def three_agents(tmp_path: Path) -> Iterator[list[AgentProcess]]:
-    """Three agents (noop backend) on unix sockets in ``tmp_path``."""
+    """Three agents (noop backend) on unix sockets in ``tmp_path``, serving metrics."""
     started: list[AgentProcess] = []
     try:
         for i in range(3):
-            started.append(start_agent([f"unix://{tmp_path}/agent{i}.sock"]))
+            started.append(start_fleet_agent(f"unix://{tmp_path}/agent{i}.sock"))
         yield started
     finally:
         for agent in started:

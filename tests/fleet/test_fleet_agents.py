@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 
-from tests.fleet.conftest import guest, guest_registry, placed_on, run_calls, spec_of, status
+from tests.fleet.conftest import (
+    guest,
+    guest_registry,
+    placed_on,
+    run_calls,
+    scraped_run_calls,
+    spec_of,
+    start_fleet_agent,
+    status,
+)
 from tests.remote.conftest import AgentProcess, start_agent, wait_until
 from vaccel_core import Resource, ResourceType
 from vaccel_core.errors import InvalidArgumentError, RemoteError, SessionError
@@ -37,7 +46,9 @@ def test_sessions_spread_evenly_and_stay(
             for agent in three_agents:
                 mine = [i for i, w in enumerate(where) if w == agent.address]
                 assert status(agent).sessions == 3
-                assert run_calls(agent) == sum(i + 1 for i in mine)
+                share = sum(i + 1 for i in mine)
+                assert run_calls(agent) == share
+                assert scraped_run_calls(agent) == share
         finally:
             for session in sessions:
                 session.release()
@@ -127,7 +138,7 @@ def test_killed_agent_fails_only_its_sessions_and_is_used_again_once_back(
             new = [guest(spec, registry) for _ in range(4)]
             assert Counter(placed_on(s) for s in new) == {a.address: 2 for a in survivors}
             # Restarted at the same address: used again once its backoff is over.
-            three_agents[1] = start_agent([victim.addresses[0]])
+            three_agents[1] = start_fleet_agent(victim.addresses[0])
             wait_until(
                 lambda: backend.backoff.until(victim.address) <= backend.backoff.clock(),
                 timeout=15,
@@ -144,10 +155,10 @@ def test_killed_agent_fails_only_its_sessions_and_is_used_again_once_back(
                 thread.join(10)
             for session in sessions + new:
                 session.release()
-        # Each agent's call record shows exactly its sessions' calls.
+        # Each agent's call record and metrics show exactly its sessions' calls.
         for agent in survivors:
-            assert run_calls(agent) == done[agent.address]
-        assert run_calls(three_agents[1]) == 2
+            assert run_calls(agent) == scraped_run_calls(agent) == done[agent.address]
+        assert run_calls(three_agents[1]) == scraped_run_calls(three_agents[1]) == 2
         assert status(three_agents[1]).sessions == 0
 
 
