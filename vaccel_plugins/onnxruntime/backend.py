@@ -376,9 +376,9 @@ class OnnxRuntimeBackend(Backend):
             size = sizes.pop() if len(sizes) == 1 else None
             if not size:  # inputs disagree on the batch size, or an empty batch: alone
                 return None
-            signature = tuple((n, a.dtype.str, a.shape[1:]) for n, a in feed.items())
+            shapes = tuple((n, a.dtype.str, a.shape[1:]) for n, a in feed.items())
             name = resource.sha256(_model_file(resource))
-            return BatchItem((model.key, signature), name, _Prepared(model, label, feed), size)
+            return BatchItem((model.key, shapes), name, _Prepared(model, label, feed), size)
         return None
 
     def run_batch(self, op: Op, items: Sequence[BatchItem]) -> list[Any]:
