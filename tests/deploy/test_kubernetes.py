@@ -724,6 +724,7 @@ def _write_pki(folder: Path, service_name: str) -> dict[str, Path]:
 def node() -> Iterator[Path]:
     """A folder standing in for the node's and the container's file system."""
     pytest.importorskip("grpc", reason="the agent needs the remote extra")
+    pytest.importorskip("prometheus_client", reason="--metrics-address needs the remote extra")
     pytest.importorskip("cryptography", reason="test certificates need cryptography (test extra)")
     root = Path(tempfile.mkdtemp(prefix="vk-"))  # short: unix socket paths are limited
     try:
@@ -827,7 +828,8 @@ def test_agent_starts_from_the_daemonset_arguments(rendered, node: Path):
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)
     finally:
-        assert agent.stop(signal.SIGTERM) == 0
+        stopped = agent.stop(signal.SIGTERM)
+    assert stopped == 0, agent.log
     out = subprocess.run(probe, capture_output=True, text=True, timeout=30, env=clean_env())
     assert out.returncode != 0
     assert out.stderr.strip().startswith("vaccel-agent health: "), out.stderr
