@@ -16,9 +16,9 @@ crashes with another exception fails); then ``init``/``fini`` and the session an
 hooks; then several threads, each with its own session; then the same backend behind a real
 ``vaccel-agent`` process, reached through the rpc backend (skipped, with the reason, when the
 ``remote`` extra is not installed). A backend that declares ``batch_operations`` is also run in
-batches (:meth:`BackendConformance.test_batching`): each call of a batch must get exactly the
-result it gets alone (arrays within :data:`BATCH_ATOL`), in order; override
-:meth:`BackendConformance.batch_args` to give distinct calls that batch together.
+batches (:meth:`BackendConformance.check_batching`, part of ``test_valid_arguments``): each
+call of a batch must get exactly the result it gets alone (arrays within :data:`BATCH_ATOL`),
+in order; override :meth:`BackendConformance.batch_args` to give distinct calls that batch.
 
 Override :meth:`BackendConformance.sample_args` (real models, real images) and
 :meth:`BackendConformance.invalid_args` (calls that pass the catalog's checks but that your
@@ -579,9 +579,11 @@ class BackendConformance:
             assert cls.operations(), f"backend {self.backend!r} implements no operation"
 
     def test_valid_arguments(self) -> None:
-        """Every declared operation with valid arguments gives results the catalog expects."""
+        """Every declared operation with valid arguments gives results the catalog expects;
+        a backend that batches gives the same results in batches (:meth:`check_batching`)."""
         with self._registry() as registry, self.open_session(registry) as session:
             self.run_valid(session, self.declared(registry))
+        self.check_batching()
 
     def test_invalid_arguments(self) -> None:
         """Each argument of the wrong kind in turn, missing arguments, a resource of another
@@ -663,27 +665,28 @@ class BackendConformance:
                     f"{len(errors)} of {self.threads} threads failed; first: {errors[0]}"
                 ) from errors[0]
 
-    def test_batching(self) -> None:
+    def check_batching(self) -> int:
         """For each operation in ``batch_operations``: distinct calls prepared
-        (``prepare_batch``) and run as one batch (``run_batch``), in order and reversed, each
-        get a valid result equal to what the same call gets alone."""
-        pytest = _pytest()
+        (``prepare_batch``) and run as one batch (``run_batch``), in order and reversed, must
+        each get a valid result equal to what the same call gets alone. Returns how many calls
+        were batched (0 for a backend that does not batch). Part of
+        :meth:`test_valid_arguments`."""
         with self._registry() as registry:
             cls = registry.backends[self.backend].cls
             batched = [op for op in self.declared(registry) if op in cls.batch_operations]
             if not batched:
-                pytest.skip(f"backend {self.backend!r} declares no batch_operations")
+                return 0
             with Session(config=self.config(), registry=registry, batcher=None) as session:
                 session.batcher = None  # alone means alone, whatever VACCEL_BATCH_* says
                 resources = self.make_resources(session)
                 checked = 0
                 for op in batched:
                     checked += self._check_batch(session, op, self.batch_args(op, resources))
-            if not checked:
-                pytest.skip(
-                    f"backend {self.backend!r}: prepare_batch returned None for every sample "
-                    f"(override batch_args with calls that batch)"
-                )
+            assert checked, (
+                f"backend {self.backend!r} declares batch_operations but prepare_batch returned "
+                f"None for every sample (override batch_args with calls that batch)"
+            )
+            return checked
 
     def _check_batch(self, session: Session, op: Op, calls: list[tuple[Any, ...]]) -> int:
         """Run ``calls`` alone and in batches; how many calls were batched."""

@@ -59,7 +59,7 @@ def _swapped_onnxruntime() -> type:
 
 def test_a_correct_batching_backend_passes() -> None:
     CopyBackend.gate.set()
-    _CopyKit().test_batching()
+    assert _CopyKit().check_batching() == 4
 
 
 def test_results_of_other_calls_fail_the_kit() -> None:
@@ -68,7 +68,7 @@ def test_results_of_other_calls_fail_the_kit() -> None:
         backend_class = _swapped_onnxruntime()
 
     with pytest.raises(AssertionError) as err:
-        Kit().test_batching()
+        Kit().check_batching()
     message = str(err.value)
     assert "backend 'ortswap': run_batch(classify) result 0 (call 0 of a batch of 4)" in message
     assert "is not what the same call gets alone" in message
@@ -77,7 +77,7 @@ def test_results_of_other_calls_fail_the_kit() -> None:
 def test_too_few_results_fail_the_kit() -> None:
     CopyBackend.gate.set()
     with pytest.raises(AssertionError, match=r"run_batch\(fpga_arraycopy\) of 4 calls returned"):
-        _ShortKit().test_batching()
+        _ShortKit().check_batching()
 
 
 def test_the_builtin_onnxruntime_passes() -> None:
@@ -92,4 +92,4 @@ def test_the_builtin_onnxruntime_passes() -> None:
             samples = kit.batch_args(Op.IMAGE_CLASSIFY, kit.make_resources(session))
             results = {session.classify(*args) for args in samples}
     assert len(results) == len(samples)
-    kit.test_batching()
+    assert kit.check_batching() == len(samples) + 1  # and one model_run
