@@ -1,0 +1,368 @@
+"""Several agents from one VACCEL_RPC_ADDRESS, and what the agent's metrics cost (issue 13).
+
+One run starts five real ``vaccel-agent`` processes on unix sockets (ttrpc): three with the
+onnxruntime backend for the fleet, and a pair with onnxruntime and noop that differ only in
+``--metrics-address`` (off / on). Then, side by side in the same run:
+
+* **throughput**: N guests, each its own process with one session, classify the bundled photo
+  (examples/photos/dog.jpg, the default EfficientNet-Lite0) for a fixed time through
+  ``VACCEL_RPC_ADDRESS`` naming the first 1, 2 and 3 agents; the agent counts take turns round by
+  round. Images per second of all guests together, and the ratio to one agent. Each guest's
+  session goes where placement puts it (separate guests start at random agents), and the
+  guests per agent are printed.
+* **placement policy**: guests with several threads that open a session, classify 1, 3 or 9
+  times and close it, over three agents, with ``VACCEL_RPC_PLACEMENT=least-calls`` and
+  ``round-robin`` in turns: images per second, and the busiest agent's share of the images
+  (fair: 1/3).
+* **metrics cost**: from this process, a ttrpc ``noop`` and a ``classify`` on the agent with
+  metrics on and on the one with them off, alternating call by call (paired); medians, and the
+  median of the paired differences. Goals: at most 10 us per ttrpc noop, at most 2% per
+  classify. The on agent's endpoint is scraped at the end: its Run count must equal the calls
+  this process made there.
+
+The machine these figures come from has 2 vCPUs: classify is CPU-bound, so more agents on the
+same CPUs cannot add images per second; what several agents give is isolation and
+availability (and, across hosts, capacity).
+
+    python benchmarks/bench_fleet.py [--guests 4] [--seconds 5] [--rounds 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.abuse.agentproc import Agent, clean_env, start_agent  # noqa: E402
+
+DEFAULT_PHOTO = ROOT / "examples" / "photos" / "dog.jpg"
+NOOP_GOAL_US = 10.0
+CLASSIFY_GOAL = 1.02
+#: Classifies per session in the policy comparison, in turns per thread.
+CHURN = (1, 3, 9)
+POLICIES = ("least-calls", "round-robin")
+#: How the throughput guests reach k agents: all name the k agents (placement decides), or
+#: guest i names agent i mod k (spread evenly by hand: what k agents can do at best).
+MODES = ("placed", "pinned")
+
+
+# The guest (a process of its own) ----------------------------------------------------------------
+def guest(args: argparse.Namespace) -> int:
+    """Open sessions, say ``ready``, wait for a line on stdin, classify for ``--seconds`` and
+    print one JSON line: images, seconds, images per agent."""
+    from vaccel_core import Config, PluginType, Session
+
+    image = Path(args.photo).read_bytes()
+    config = Config(plugins=["rpc"], rpc_address=args.address)
+    by_agent: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def open_session() -> tuple[Any, str]:
+        session = Session(PluginType.REMOTE, config=config)
+        backend: Any = session.backends[0]
+        return session, str(backend._remotes[session.id].address)
+
+    kept = [open_session() for _ in range(args.threads)] if not args.churn else []
+    for session, _ in kept:
+        session.classify(image)  # warm: the agent loads the model once
+    print("ready", flush=True)
+    sys.stdin.readline()
+    deadline = time.perf_counter() + args.seconds
+
+    def work(index: int) -> None:
+        turn = index
+        while time.perf_counter() < deadline:
+            if kept:
+                session, where = kept[index]
+                runs = 1
+            else:
+                session, where = open_session()
+                runs = CHURN[turn % len(CHURN)]
+                turn += 1
+            try:
+                for _ in range(runs):
+                    session.classify(image)
+                    with lock:
+                        by_agent[where] += 1
+            finally:
+                if not kept:
+                    session.release()
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(args.threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    for session, _ in kept:
+        session.release()
+    print(json.dumps({"images": sum(by_agent.values()), "seconds": elapsed, "by": by_agent}))
+    return 0
+
+
+def run_guests(
+    addresses: list[str], args: argparse.Namespace, threads: int = 1, churn: bool = False
+) -> tuple[float, Counter[str]]:
+    """One guest process per VACCEL_RPC_ADDRESS in ``addresses``, all at once: (images per
+    second of all, images per agent)."""
+    env = clean_env({"VACCEL_RPC_PLACEMENT": args.policy})
+    cmd = [sys.executable, __file__, "--guest", "--photo", str(args.photo)]
+    cmd += ["--seconds", str(args.seconds), "--threads", str(threads)]
+    cmd += ["--churn"] if churn else []
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--address", address],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for address in addresses
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise SystemExit(f"a guest failed before it was ready (status {proc.wait()})")
+        for proc in procs:  # all start within a few ms of each other
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=args.seconds + 120)
+            if proc.returncode:
+                raise SystemExit(f"a guest failed with status {proc.returncode}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    by: Counter[str] = Counter()
+    for result in results:
+        by.update(result["by"])
+    seconds = max(r["seconds"] for r in results)
+    return sum(r["images"] for r in results) / seconds, by
+
+
+# Metrics cost (in this process) ------------------------------------------------------------------
+def paired(calls: dict[str, Any], pairs: int) -> dict[str, list[float]]:
+    """Seconds per call of each of two callables, alternating which goes first."""
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(pairs):
+        for name in names if i % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def scraped_runs(url: str) -> int:
+    """``vaccel_agent_calls_total{method="Run"}`` of the endpoint at ``url``, all labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "vaccel_agent_calls_total" and sample.labels.get("method") == "Run"
+        )
+    )
+
+
+def metrics_url(agent: Agent) -> str:
+    prefix = "Serving metrics on '"
+    for _ in range(200):
+        for line in list(agent.lines):
+            if line.startswith(prefix):
+                return line[len(prefix) : -1]
+        time.sleep(0.05)
+    raise SystemExit("the agent with --metrics-address never said where it serves them")
+
+
+# Main --------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--guests", type=int, default=4, help="guest processes (throughput)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="turns of each configuration")
+    parser.add_argument("--noop-pairs", type=int, default=3000)
+    parser.add_argument("--classify-pairs", type=int, default=200)
+    parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO)
+    parser.add_argument("--quick", action="store_true", help="a smoke run in well under a minute")
+    # the guest process's own options
+    parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--churn", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--policy", default="least-calls", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.guests, args.seconds, args.rounds = 2, 1.0, 1
+        args.noop_pairs, args.classify_pairs = 300, 10
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.guest:
+        return guest(args)
+    from vaccel_core import Config, Session
+    from vaccel_plugins.onnxruntime import models
+
+    models.ensure_model(models.DEFAULT_MODEL)  # built before anything is timed
+    image = args.photo.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="vaccel-fleet-") as tmp:
+        onnx = ["--plugins", "onnxruntime"]
+        both = ["--plugins", "onnxruntime,noop"]
+        starts = [([f"unix://{tmp}/fleet{i}.sock"], onnx) for i in range(3)] + [
+            ([f"unix://{tmp}/off.sock"], both),
+            ([f"unix://{tmp}/on.sock"], [*both, "--metrics-address", "tcp://127.0.0.1:0"]),
+        ]
+        with futures.ThreadPoolExecutor(len(starts)) as pool:
+            agents = list(pool.map(lambda s: start_agent(s[0], s[1]), starts))
+        try:
+            fleet, off, on = agents[:3], agents[3], agents[4]
+            report = measure(args, image, fleet, off, on, Config, Session)
+        finally:
+            for agent in agents:
+                agent.stop()
+    print_report(args, image, report)
+    return 0
+
+
+def measure(
+    args: argparse.Namespace,
+    image: bytes,
+    fleet: list[Agent],
+    off: Agent,
+    on: Agent,
+    config_type: Any,
+    session_type: Any,
+) -> dict[str, Any]:
+    addresses = [a.addresses[0] for a in fleet]
+    cases = [(k, mode) for k in (1, 2, 3) for mode in MODES if k > 1 or mode == "placed"]
+    rates: dict[tuple[int, str], list[float]] = {case: [] for case in cases}
+    spread: dict[tuple[int, str], Counter[str]] = {}
+    for r in range(args.rounds):
+        for k, mode in cases[r % len(cases) :] + cases[: r % len(cases)]:
+            if mode == "placed":  # every guest names the k agents; placement decides
+                named = [",".join(addresses[:k])] * args.guests
+            else:  # guest i names agent i mod k only: the guests spread evenly by hand
+                named = [addresses[i % k] for i in range(args.guests)]
+            rate, by = run_guests(named, args)
+            rates[k, mode].append(rate)
+            spread[k, mode] = by
+    policy_rates: dict[str, list[float]] = {p: [] for p in POLICIES}
+    policy_share: dict[str, list[float]] = {p: [] for p in POLICIES}
+    for r in range(args.rounds):
+        for policy in POLICIES if r % 2 == 0 else POLICIES[::-1]:
+            args.policy = policy
+            rate, by = run_guests([",".join(addresses)] * 2, args, threads=3, churn=True)
+            policy_rates[policy].append(rate)
+            policy_share[policy].append(max(by.values()) / max(1, sum(by.values())))
+    args.policy = "least-calls"
+
+    sessions = {
+        name: session_type(config=config_type(plugins=["rpc"], rpc_address=agent.addresses[0]))
+        for name, agent in (("off", off), ("on", on))
+    }
+    try:
+        for session in sessions.values():
+            for _ in range(3):
+                session.classify(image)
+            for _ in range(50):
+                session.noop()
+        noop = paired({n: s.noop for n, s in sessions.items()}, args.noop_pairs)
+        classify = paired(
+            {n: (lambda s=s: s.classify(image)) for n, s in sessions.items()}, args.classify_pairs
+        )
+    finally:
+        for session in sessions.values():
+            session.release()
+    made = 3 + 50 + args.noop_pairs + args.classify_pairs
+    return {
+        "rates": rates,
+        "spread": {
+            case: [by.get(a, 0) for a in addresses[: case[0]]] for case, by in spread.items()
+        },
+        "policy_rates": policy_rates,
+        "policy_share": policy_share,
+        "noop": noop,
+        "classify": classify,
+        "runs_expected": made,
+        "runs_scraped": scraped_runs(metrics_url(on)),
+    }
+
+
+def print_report(args: argparse.Namespace, image: bytes, report: dict[str, Any]) -> None:
+    cpus = os.cpu_count()
+    print(
+        f"bench_fleet: {cpus} CPUs; classify {args.photo.name} ({len(image)} B); "
+        f"{args.seconds:g} s per measurement, {args.rounds} rounds (medians)"
+    )
+    rates = report["rates"]
+    base = statistics.median(rates[1, "placed"])
+    print(f"\nthroughput: {args.guests} guest processes, one session each")
+    print(f"{'agents':<8}{'guests':<8}{'images/s':>10}{'vs 1 agent':>12}   images per agent (last)")
+    for (k, mode), got in rates.items():
+        rate = statistics.median(got)
+        shown = mode if k > 1 else "-"
+        print(f"{k:<8}{shown:<8}{rate:>10.1f}{rate / base:>11.2f}x   {report['spread'][k, mode]}")
+    print("  (placed: each guest names all k agents; pinned: guest i names agent i mod k)")
+    print("\nplacement policy: 2 guests x 3 threads, sessions of 1/3/9 classifies, 3 agents")
+    print(f"{'policy':<14}{'images/s':>10}{'vs least-calls':>16}{'busiest agent':>15}")
+    lc = statistics.median(report["policy_rates"]["least-calls"])
+    for policy in POLICIES:
+        rate = statistics.median(report["policy_rates"][policy])
+        share = statistics.median(report["policy_share"][policy])
+        print(f"{policy:<14}{rate:>10.1f}{rate / lc:>15.2f}x{share * 100:>14.1f}%")
+    print("  (busiest agent: its share of the images; fair share 33.3%)")
+
+    print("\nmetrics cost: --metrics-address on vs off, unix ttrpc, paired calls (medians)")
+    noop, classify = report["noop"], report["classify"]
+    n_off, n_on = statistics.median(noop["off"]), statistics.median(noop["on"])
+    n_diff = statistics.median(a - b for a, b in zip(noop["on"], noop["off"], strict=True))
+    c_off, c_on = statistics.median(classify["off"]), statistics.median(classify["on"])
+    c_ratio = statistics.median(a / b for a, b in zip(classify["on"], classify["off"], strict=True))
+    print(f"{'call':<10}{'off':>11}{'on':>11}{'on/off':>9}{'paired':>13}   goal")
+    noop_met = "met" if n_diff * 1e6 <= NOOP_GOAL_US else "MISSED"
+    print(
+        f"{'noop':<10}{n_off * 1e6:>9.1f}us{n_on * 1e6:>9.1f}us{n_on / n_off:>8.3f}x"
+        f"{n_diff * 1e6:>+11.1f}us   <= {NOOP_GOAL_US:g} us: {noop_met} "
+        f"({len(noop['on'])} pairs)"
+    )
+    classify_met = "met" if c_ratio <= CLASSIFY_GOAL else "MISSED"
+    print(
+        f"{'classify':<10}{c_off * 1e3:>9.2f}ms{c_on * 1e3:>9.2f}ms{c_on / c_off:>8.3f}x"
+        f"{(c_ratio - 1) * 100:>+11.2f}%    <= {(CLASSIFY_GOAL - 1) * 100:g}%: {classify_met} "
+        f"({len(classify['on'])} pairs)"
+    )
+    print(
+        f"metrics endpoint of the 'on' agent: {report['runs_scraped']} Run calls "
+        f"(this process made {report['runs_expected']})"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
