@@ -25,7 +25,8 @@ The machine these figures come from has 2 vCPUs: classify is CPU-bound, so more 
 same CPUs cannot add images per second; what several agents give is isolation and
 availability (and, across hosts, capacity).
 
-    python benchmarks/bench_fleet.py [--guests 4] [--seconds 5] [--rounds 2] [--quick]
+    python benchmarks/bench_fleet.py [--guests 4] [--seconds 5] [--rounds 2] [--ort-threads N]
+                                     [--quick]
 """
 
 from __future__ import annotations
@@ -219,6 +220,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--noop-pairs", type=int, default=3000)
     parser.add_argument("--classify-pairs", type=int, default=200)
     parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO)
+    parser.add_argument(
+        "--ort-threads",
+        type=int,
+        default=0,
+        help="onnxruntime threads per agent (default: its own)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run in well under a minute")
     # the guest process's own options
     parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
@@ -243,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     models.ensure_model(models.DEFAULT_MODEL)  # built before anything is timed
     image = args.photo.read_bytes()
     with tempfile.TemporaryDirectory(prefix="vaccel-fleet-") as tmp:
-        onnx = ["--plugins", "onnxruntime"]
-        both = ["--plugins", "onnxruntime,noop"]
+        ort = ["--vaccel-config", f"ort_threads={args.ort_threads}"] if args.ort_threads else []
+        onnx = ["--plugins", "onnxruntime", *ort]
+        both = ["--plugins", "onnxruntime,noop", *ort]
         starts = [([f"unix://{tmp}/fleet{i}.sock"], onnx) for i in range(3)] + [
             ([f"unix://{tmp}/off.sock"], both),
             ([f"unix://{tmp}/on.sock"], [*both, "--metrics-address", "tcp://127.0.0.1:0"]),
@@ -329,7 +337,8 @@ def print_report(args: argparse.Namespace, image: bytes, report: dict[str, Any])
     cpus = os.cpu_count()
     print(
         f"bench_fleet: {cpus} CPUs; classify {args.photo.name} ({len(image)} B); "
-        f"{args.seconds:g} s per measurement, {args.rounds} rounds (medians)"
+        f"{args.seconds:g} s per measurement, {args.rounds} rounds (medians); onnxruntime "
+        f"threads per agent: {args.ort_threads or 'its default'}"
     )
     rates = report["rates"]
     base = statistics.median(rates[1, "placed"])
