@@ -74,6 +74,15 @@ def _check_stale(path: Path, address: str, kind: int = socket.SOCK_STREAM) -> No
     raise RemoteError(f"cannot listen on {address}: another process is listening there")
 
 
+def _cannot_listen(address: str, path: Path, exc: OSError) -> RemoteError:
+    """The one-line error for a socket the agent may not create (a folder it cannot write,
+    a read-only or full file system)."""
+    reason = exc.strerror or str(exc)
+    return RemoteError(
+        f"cannot listen on {address}: cannot create a socket in {path.parent}: {reason}"
+    )
+
+
 def listen_at(
     path: Path,
     address: str,
@@ -92,13 +101,22 @@ def listen_at(
     _check_stale(path, address, kind)
     # Bound here first (same folder, so the rename stays atomic; a short name, so the
     # staging path fits wherever the final one does, give or take two bytes).
-    private = Path(tempfile.mkdtemp(prefix=".v", dir=path.parent))
+    try:
+        private = Path(tempfile.mkdtemp(prefix=".v", dir=path.parent))
+    except OSError as exc:
+        raise _cannot_listen(address, path, exc) from None
     staging = private / "s"
     try:
-        bound = bind(str(staging))
+        try:
+            bound = bind(str(staging))
+        except OSError as exc:
+            raise _cannot_listen(address, path, exc) from None
         try:
             os.chmod(staging, mode)
             os.rename(staging, path)
+        except OSError as exc:
+            undo(bound)
+            raise _cannot_listen(address, path, exc) from None
         except BaseException:
             undo(bound)
             raise
