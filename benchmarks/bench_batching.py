@@ -133,6 +133,54 @@ def run_phase(guests: list[Guest], mode: str, seconds: float) -> dict[str, Any]:
     }
 
 
+def inference_only(seconds: float, rounds: int, threads: int = 8) -> dict[str, float]:
+    """The model alone in this process (the agent's onnxruntime settings, preprocessed
+    photos): images/s of one call at a time, of ``threads`` concurrent single-image calls
+    (what the agent does with batching off) and of batches of ``threads`` one at a time (with
+    batching on); medians of ``rounds`` turns."""
+    import numpy as np
+
+    from vaccel_plugins.onnxruntime import imagenet, inference, models
+
+    model = inference.create_session(
+        "bench", models.ensure_model(models.DEFAULT_MODEL), inference.read_settings({}), "bench"
+    )
+    name = model.inputs[0].name
+    singles = [imagenet.preprocess((REPO / "examples" / "photos" / p).read_bytes()) for p in PHOTOS]
+    batch = np.concatenate([singles[i % len(singles)] for i in range(threads)])
+    model.run("bench", {name: batch})
+
+    def loop(inputs: list[np.ndarray], counts: list[int], k: int, end: float) -> None:
+        while time.monotonic() < end:
+            x = inputs[counts[k] % len(inputs)]
+            model.run("bench", {name: x})
+            counts[k] += len(x)
+
+    def rate(workers: int, inputs: list[np.ndarray]) -> float:
+        counts = [0] * workers
+        end = time.monotonic() + seconds
+        pool = [
+            threading.Thread(target=loop, args=(inputs, counts, k, end)) for k in range(workers)
+        ]
+        start = time.monotonic()
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+        return sum(counts) / (time.monotonic() - start)
+
+    modes = {
+        "1 call at a time": lambda: rate(1, singles),
+        f"{threads} concurrent calls": lambda: rate(threads, singles),
+        f"batches of {threads}": lambda: rate(1, [batch]),
+    }
+    got: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(rounds):
+        for mode, run in modes.items():
+            got[mode].append(run())
+    return {mode: statistics.median(values) for mode, values in got.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--guests", default="1,4,8,16", help="guest counts (comma list)")
@@ -176,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             f"unix/ttrpc; 'on' = batch max size {args.max_size}, max delay "
             f"{args.delay_us} us; {seconds:g} s x {rounds} round(s) per mode, medians of rounds"
         )
+        print("inference only, in this process (images/s): ", end="")
+        only = inference_only(min(seconds, 1.5), max(rounds, 2) if not args.quick else 1)
+        print(", ".join(f"{mode} {rate:.1f}" for mode, rate in only.items()), flush=True)
         header = (
             f"{'guests':>6} {'mode':>4} {'images/s':>9} {'p50 ms':>8} {'p99 ms':>8}  "
             f"{'x thr':>6} {'x p50':>6} {'x p99':>6}  mismatches"
