@@ -253,6 +253,14 @@ NOWHERE = "unix:///nonexistent/vaccel.sock"
             ("--timeout", "-1", NOWHERE),
             "--timeout: expected a positive number of seconds, got -1.0",
         ),
+        (
+            ("--interval", "inf", NOWHERE),
+            "--interval: expected a positive number of seconds, got inf",
+        ),
+        (
+            ("--timeout", "nan", NOWHERE),
+            "--timeout: expected a positive number of seconds, got nan",
+        ),
         (("--json", NOWHERE), "--json prints one snapshot: use it with --once"),
         (("--once", "not-an-address"), "expected SCHEME://TARGET"),
         (("--once", "--admin-token-file", "/nonexistent/token", NOWHERE), "--admin-token-file"),

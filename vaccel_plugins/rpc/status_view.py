@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import os
 import re
 import sys
@@ -297,10 +298,9 @@ def _fail(message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """The command: exit status 0, or 1 with a one-line error (bad argument, unreachable)."""
-    if not args.interval > 0:
-        return _fail(f"--interval: expected a positive number of seconds, got {args.interval}")
-    if not args.timeout > 0:
-        return _fail(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    for flag, value in (("--interval", args.interval), ("--timeout", args.timeout)):
+        if not (value > 0 and math.isfinite(value)):
+            return _fail(f"{flag}: expected a positive number of seconds, got {value}")
     if args.json and not args.once:
         return _fail("--json prints one snapshot: use it with --once")
     try:
