@@ -358,7 +358,9 @@ class OnnxRuntimeBackend(Backend):
             if not model.batchable:
                 return None
             (image,) = args
+            start = time.perf_counter_ns()
             array = _preprocess(image)
+            _record(session, "onnxruntime_preprocess", start)
             signature = (model.inputs[0].name, array.dtype.str, array.shape[1:])
             return BatchItem(
                 (model.key, signature),
