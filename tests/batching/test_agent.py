@@ -1,5 +1,5 @@
 """Batching in a real agent process: guests (separate processes, each its own client
-connection over unix/ttrpc) classifying different photos at once get their own tags while
+connection over unix, ttrpc or gRPC) classifying different photos at once get their own tags while
 their calls share batches (seen on the agent's metrics endpoint); per-client limits apply
 before the batcher."""
 
@@ -82,13 +82,16 @@ def agent(tmp_path: Path) -> Iterator[AgentProcess]:
     handle.stop()
 
 
+@pytest.mark.parametrize("wire", ["ttrpc", "grpc"])
 def test_guests_get_their_own_tags_from_shared_batches(
-    agent: AgentProcess, expected: dict[str, str]
+    agent: AgentProcess, expected: dict[str, str], wire: str
 ) -> None:
+    """Over ttrpc (a thread per call) and gRPC (the listener's worker pool) alike."""
     names = sorted(expected)
+    address = agent.address if wire == "ttrpc" else f"grpc+{agent.address}"
     guests = [
         subprocess.Popen(
-            [sys.executable, "-c", GUEST, agent.address, str(PHOTOS / name), str(ROUNDS)],
+            [sys.executable, "-c", GUEST, address, str(PHOTOS / name), str(ROUNDS)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
