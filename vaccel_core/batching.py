@@ -311,7 +311,7 @@ class _Batch:
 
 @dataclass(eq=False)
 class _Queue:
-    """The batches of one key waiting to run, oldest first; whether one is running."""
+    """The batches of one key waiting to run, oldest first, and whether one is running."""
 
     batches: deque[_Batch] = field(default_factory=deque)
     running: bool = False
@@ -325,9 +325,6 @@ class Batcher:
         self._cond = threading.Condition(threading.Lock())
         self._queues: dict[Hashable, _Queue] = {}
         self._observers: list[Callable[[BatchReport], None]] = []
-        #: Batches run so far, and calls served by them (for tests and status).
-        self.batches = 0
-        self.calls = 0
 
     @classmethod
     def from_config(cls, config: Config) -> Batcher | None:
@@ -383,7 +380,8 @@ class Batcher:
                 queue.batches.append(batch)
             batch.requests.append(request)
             batch.size += item.size
-            cond.notify_all()
+            if batch.size >= batch.max_size:
+                cond.notify_all()  # its leader may start it now
             while request.state == _WAITING and not batch.started:
                 now = time.monotonic()
                 if (
@@ -463,8 +461,6 @@ class Batcher:
                 queue.running = False
                 if not queue.batches:
                     self._queues.pop(key, None)
-                self.batches += 1
-                self.calls += len(requests)
                 self._cond.notify_all()
         report = BatchReport(
             op.value,
