@@ -278,3 +278,22 @@ def test_vaccel_config_key_serves_metrics(tmp_path: Path) -> None:
         assert scrape(url).value("vaccel_agent_sessions") == 0
     finally:
         handle.stop(signal.SIGINT)
+
+
+def test_an_embedded_agent_serves_metrics_until_it_stops(tmp_path: Path) -> None:
+    from vaccel_agent.server import Agent
+
+    config = Config(plugins=["noop"], extra={"metrics_address": "tcp://127.0.0.1:0"})
+    with Agent([f"unix://{tmp_path / 'agent.sock'}"], config=config) as agent:
+        assert agent.metrics is not None
+        url = agent.metrics.url
+        raw = RawClient(agent.bound_addresses[0])
+        try:
+            raw.noop(raw.create_session())
+            calls = scrape(url).values("vaccel_agent_calls_total")
+        finally:
+            raw.close()
+        assert calls[("noop", "Run", "noop", "OK", "unix")] == 1
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), 5):
+        pass
