@@ -10,10 +10,14 @@ from typing import Any
 
 import pytest
 
-from tests.remote.conftest import AgentProcess, RawClient
+from tests.remote.conftest import AgentProcess, RawClient, missing_remote_extra
 from vaccel_core.transport import CallError, TransportOptions
 
 from .conftest import run_status
+
+pytestmark = pytest.mark.skipif(
+    missing_remote_extra() is not None, reason=str(missing_remote_extra())
+)
 
 
 def _known_mix(agent: AgentProcess) -> tuple[RawClient, RawClient]:

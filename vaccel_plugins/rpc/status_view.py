@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -303,6 +304,8 @@ def run(args: argparse.Namespace) -> int:
             return _fail(f"{flag}: expected a positive number of seconds, got {value}")
     if args.json and not args.once:
         return _fail("--json prints one snapshot: use it with --once")
+    if importlib.util.find_spec("google.protobuf") is None:
+        return _fail("protobuf is not installed: pip install 'pyvaccel[remote]'")
     try:
         address = args.address
         if not address:
