@@ -65,7 +65,6 @@ class StatusClient:
                 self._channel = transport.connect(self.parsed, self.options)
             payload = proto.StatusRequest().SerializeToString()
             reply = self._channel.call("GetStatus", Message(payload), self.timeout)
-            status = proto.StatusResponse.FromString(bytes(reply.payload))
         except VaccelError as exc:
             if getattr(self._channel, "lost", True):
                 self.close()
@@ -73,8 +72,9 @@ class StatusClient:
             if self.address not in message:
                 message = f"the vAccel agent at {self.address}: {message}"
             raise RemoteError(message) from None
-        except Exception as exc:  # a malformed reply: not an agent, or not ours
-            self.close()
+        try:
+            status = proto.StatusResponse.FromString(bytes(reply.payload))
+        except Exception as exc:  # not an agent, or not ours
             raise RemoteError(
                 f"the vAccel agent at {self.address}: unreadable GetStatus reply ({exc})"
             ) from None
