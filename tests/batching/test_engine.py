@@ -220,3 +220,29 @@ def test_unbatchable_call_of_a_batching_backend_runs_alone(
     a = np.arange(10, dtype=np.int32)  # prepare_batch: None (longer than 8)
     np.testing.assert_array_equal(arraycopy(registry, batcher, a), a)
     assert reports == [] and CopyBackend.runs == []
+
+
+def test_local_sessions_batch_from_the_environment(
+    registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VACCEL_BATCH_* alone (no batcher given): four local sessions on four threads share
+    the process's batcher and one batch."""
+    monkeypatch.setenv("VACCEL_BATCH_MAX_SIZE", "4")
+    monkeypatch.setenv("VACCEL_BATCH_MAX_DELAY_US", "1000000")
+    model = affine_model()
+    inputs = [np.full((1, 4), k, dtype=np.float32) for k in range(4)]
+    reports: list[object] = []
+    with Session(config=Config(plugins=["onnxruntime"]), registry=registry) as probe:
+        assert probe.batcher is not None
+        probe.batcher.add_observer(reports.append)
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        with Session(config=Config(plugins=["onnxruntime"]), registry=registry) as s:
+            resource = Resource.from_buffer(model, ResourceType.MODEL, name="m.onnx")
+            resource.register(s)
+            return s.model_run(resource, {"x": x})
+
+    results = run_threads([lambda x=x: run(x) for x in inputs])
+    for x, out in zip(inputs, results, strict=True):
+        np.testing.assert_array_equal(out["y"], 2 * x + 1)
+    assert [(r.size, r.calls) for r in reports] == [(4, 4)]  # type: ignore[attr-defined]
