@@ -210,10 +210,9 @@ def client_cells(client: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def render(
-    snap: dict[str, Any] | None, rows: list[CallRate], width: int, error: str | None = None
-) -> Any:
-    """The view as one rich renderable: tables when ``width`` allows, else a list."""
+def render(snap: dict[str, Any], rows: list[CallRate], width: int, error: str | None = None) -> Any:
+    """The view as one rich renderable: tables when ``width`` allows, else a list; ``error``
+    (the last poll failed) goes above the last figures."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -221,8 +220,6 @@ def render(
     parts: list[Any] = []
     if error is not None:
         parts.append(Text(f"unreachable: {printable(error)}", style="bold red"))
-    if snap is None:
-        return Group(*parts)
     for label, value in summary_lines(snap, rows):
         parts.append(Text(f"{label:>9}: ", style="bold") + Text(printable(value)))
     sections = []
