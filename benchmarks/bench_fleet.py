@@ -1,19 +1,22 @@
 """Several agents from one VACCEL_RPC_ADDRESS, and what the agent's metrics cost (issue 13).
 
-One run starts six real ``vaccel-agent`` processes on unix sockets (ttrpc): three with the
-onnxruntime backend for the fleet, and three with onnxruntime and noop that differ only in
-``--metrics-address`` (off, on, off). Then, side by side in the same run:
+One run starts nine real ``vaccel-agent`` processes on unix sockets (ttrpc): three with the
+onnxruntime backend for the fleet, three with onnxruntime and noop that differ only in
+``--metrics-address`` (off, on, off), and three with a labelled stand-in for one accelerator per
+agent (:mod:`fleet_device`). Then, side by side in the same run:
 
 * **throughput**: N guests, each its own process with one session, classify the bundled photo
   (examples/photos/dog.jpg, the default EfficientNet-Lite0) for a fixed time through
-  ``VACCEL_RPC_ADDRESS`` naming the first 1, 2 and 3 agents; the agent counts take turns round by
-  round. Images per second of all guests together, and the ratio to one agent. Each guest's
-  session goes where placement puts it (separate guests start at random agents), and the
-  guests per agent are printed.
-* **placement policy**: guests with several threads that open a session, classify 1, 3 or 9
-  times and close it, over three agents, with ``VACCEL_RPC_PLACEMENT=least-calls`` and
-  ``round-robin`` in turns: images per second, and the busiest agent's share of the images
-  (fair: 1/3).
+  ``VACCEL_RPC_ADDRESS`` naming the first 1, 2 and 3 agents (``placed``: separate guests start
+  at random agents), or naming one agent each, guest i agent i mod k (``pinned``: an even spread
+  by hand); the cases take turns round by round. Images per second of all guests together, the
+  ratio to one agent, and the images each agent served.
+* **placement policy**: two guests of three threads each that open a session, run 1, 3 or 9
+  calls and close it, over three agents, with ``VACCEL_RPC_PLACEMENT=least-calls`` and
+  ``round-robin`` in turns: calls per second, and the busiest agent's share (fair: 1/3). Once
+  classifying on the onnxruntime agents (which share this machine's CPUs), once calling noop on
+  the device stand-ins (one call at a time per agent, ``--device-ms`` each, no CPU: agents that
+  share nothing, as on separate hosts).
 * **metrics cost**: from this process, a ttrpc ``noop`` and a ``classify`` on the agent with
   metrics on, on the one with them off, and on a second one with them off (``off2``: how much
   two identical agent processes differ, the floor under the on/off figure), one call of each
@@ -21,9 +24,9 @@ onnxruntime backend for the fleet, and three with onnxruntime and noop that diff
   at most 10 us per ttrpc noop, at most 2% per classify. The on agent's endpoint is scraped at
   the end: its Run count must equal the calls this process made there.
 
-The machine these figures come from has 2 vCPUs: classify is CPU-bound, so more agents on the
-same CPUs cannot add images per second; what several agents give is isolation and
-availability (and, across hosts, capacity).
+On a machine with few CPUs classify is CPU-bound: agents on the same CPUs cannot add images per
+second (they compete for them); what several agents give there is isolation and availability.
+Capacity grows with agents that have their own hardware, which the device stand-ins model.
 
     python benchmarks/bench_fleet.py [--guests 4] [--seconds 5] [--rounds 2] [--ort-threads N]
                                      [--quick]
@@ -49,7 +52,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.abuse.agentproc import Agent, clean_env, start_agent  # noqa: E402
+from benchmarks.fleet_device import LAUNCHER  # noqa: E402
+from tests.remote.conftest import AgentProcess, clean_env, start_agent  # noqa: E402
 
 DEFAULT_PHOTO = ROOT / "examples" / "photos" / "dog.jpg"
 NOOP_GOAL_US = 10.0
@@ -70,6 +74,13 @@ def guest(args: argparse.Namespace) -> int:
 
     image = Path(args.photo).read_bytes()
     config = Config(plugins=["rpc"], rpc_address=args.address)
+
+    def call(session: Any) -> None:
+        if args.op == "noop":
+            session.noop()
+        else:
+            session.classify(image)
+
     by_agent: Counter[str] = Counter()
     lock = threading.Lock()
 
@@ -80,7 +91,7 @@ def guest(args: argparse.Namespace) -> int:
 
     kept = [open_session() for _ in range(args.threads)] if not args.churn else []
     for session, _ in kept:
-        session.classify(image)  # warm: the agent loads the model once
+        call(session)  # warm: the agent loads the model once
     print("ready", flush=True)
     sys.stdin.readline()
     deadline = time.perf_counter() + args.seconds
@@ -97,7 +108,7 @@ def guest(args: argparse.Namespace) -> int:
                 turn += 1
             try:
                 for _ in range(runs):
-                    session.classify(image)
+                    call(session)
                     with lock:
                         by_agent[where] += 1
             finally:
@@ -118,12 +129,16 @@ def guest(args: argparse.Namespace) -> int:
 
 
 def run_guests(
-    addresses: list[str], args: argparse.Namespace, threads: int = 1, churn: bool = False
+    addresses: list[str],
+    args: argparse.Namespace,
+    threads: int = 1,
+    churn: bool = False,
+    op: str = "classify",
 ) -> tuple[float, Counter[str]]:
-    """One guest process per VACCEL_RPC_ADDRESS in ``addresses``, all at once: (images per
-    second of all, images per agent)."""
+    """One guest process per VACCEL_RPC_ADDRESS in ``addresses``, all at once: (calls per
+    second of all, calls per agent)."""
     env = clean_env({"VACCEL_RPC_PLACEMENT": args.policy})
-    cmd = [sys.executable, __file__, "--guest", "--photo", str(args.photo)]
+    cmd = [sys.executable, __file__, "--guest", "--photo", str(args.photo), "--op", op]
     cmd += ["--seconds", str(args.seconds), "--threads", str(threads)]
     cmd += ["--churn"] if churn else []
     procs = [
@@ -201,7 +216,7 @@ def scraped_runs(url: str) -> int:
     )
 
 
-def metrics_url(agent: Agent) -> str:
+def metrics_url(agent: AgentProcess) -> str:
     prefix = "Serving metrics on '"
     for _ in range(200):
         for line in list(agent.lines):
@@ -221,6 +236,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--classify-pairs", type=int, default=200)
     parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO)
     parser.add_argument(
+        "--device-ms", type=float, default=20.0, help="the device stand-in's time per call"
+    )
+    parser.add_argument(
         "--ort-threads",
         type=int,
         default=0,
@@ -233,6 +251,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--churn", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--policy", default="least-calls", help=argparse.SUPPRESS)
+    parser.add_argument("--op", default="classify", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.guests, args.seconds, args.rounds = 2, 1.0, 1
@@ -251,20 +270,29 @@ def main(argv: list[str] | None = None) -> int:
     image = args.photo.read_bytes()
     with tempfile.TemporaryDirectory(prefix="vaccel-fleet-") as tmp:
         ort = ["--vaccel-config", f"ort_threads={args.ort_threads}"] if args.ort_threads else []
-        onnx = ["--plugins", "onnxruntime", *ort]
-        both = ["--plugins", "onnxruntime,noop", *ort]
-        starts = [([f"unix://{tmp}/fleet{i}.sock"], onnx) for i in range(3)] + [
-            ([f"unix://{tmp}/off.sock"], both),
-            ([f"unix://{tmp}/on.sock"], [*both, "--metrics-address", "tcp://127.0.0.1:0"]),
-            ([f"unix://{tmp}/off2.sock"], both),
+        onnx = {"VACCEL_PLUGINS": "onnxruntime"}
+        both = {"VACCEL_PLUGINS": "onnxruntime,noop"}
+        metrics = ["--metrics-address", "tcp://127.0.0.1:0"]
+        device = {"VACCEL_PLUGINS": "device", "VACCEL_BENCH_DEVICE_MS": str(args.device_ms)}
+        launch = [sys.executable, "-c", LAUNCHER]
+        starts: list[tuple[str, dict[str, str], list[str], list[str] | None]] = [
+            *((f"fleet{i}", onnx, ort, None) for i in range(3)),
+            ("off", both, ort, None),
+            ("on", both, [*ort, *metrics], None),
+            ("off2", both, ort, None),
+            *((f"device{i}", device, [], launch) for i in range(3)),
         ]
+
+        def start(name: str, env: dict[str, str], extra: list[str], cmd: Any) -> AgentProcess:
+            return start_agent([f"unix://{tmp}/{name}.sock"], env=env, args=extra, command=cmd)
+
         with futures.ThreadPoolExecutor(len(starts)) as pool:
-            agents = list(pool.map(lambda s: start_agent(s[0], s[1]), starts))
+            started = list(pool.map(lambda s: start(*s), starts))
+        agents = {name: agent for (name, *_), agent in zip(starts, started, strict=True)}
         try:
-            fleet, pair = agents[:3], {"off": agents[3], "on": agents[4], "off2": agents[5]}
-            report = measure(args, image, fleet, pair, Config, Session)
+            report = measure(args, image, agents, Config, Session)
         finally:
-            for agent in agents:
+            for agent in started:
                 agent.stop()
     print_report(args, image, report)
     return 0
@@ -273,12 +301,11 @@ def main(argv: list[str] | None = None) -> int:
 def measure(
     args: argparse.Namespace,
     image: bytes,
-    fleet: list[Agent],
-    pair: dict[str, Agent],
+    agents: dict[str, AgentProcess],
     config_type: Any,
     session_type: Any,
 ) -> dict[str, Any]:
-    addresses = [a.addresses[0] for a in fleet]
+    addresses = [agents[f"fleet{i}"].addresses[0] for i in range(3)]
     cases = [(k, mode) for k in (1, 2, 3) for mode in MODES if k > 1 or mode == "placed"]
     rates: dict[tuple[int, str], list[float]] = {case: [] for case in cases}
     spread: dict[tuple[int, str], Counter[str]] = {}
@@ -291,19 +318,27 @@ def measure(
             rate, by = run_guests(named, args)
             rates[k, mode].append(rate)
             spread[k, mode] = by
-    policy_rates: dict[str, list[float]] = {p: [] for p in POLICIES}
-    policy_share: dict[str, list[float]] = {p: [] for p in POLICIES}
+    fleets = {
+        "classify": ",".join(addresses),
+        "device": ",".join(agents[f"device{i}"].addresses[0] for i in range(3)),
+    }
+    policy_rates: dict[tuple[str, str], list[float]] = {}
+    policy_share: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
-        for policy in POLICIES if r % 2 == 0 else POLICIES[::-1]:
-            args.policy = policy
-            rate, by = run_guests([",".join(addresses)] * 2, args, threads=3, churn=True)
-            policy_rates[policy].append(rate)
-            policy_share[policy].append(max(by.values()) / max(1, sum(by.values())))
+        for kind, fleet in fleets.items():
+            for policy in POLICIES if r % 2 == 0 else POLICIES[::-1]:
+                args.policy = policy
+                op = "noop" if kind == "device" else "classify"
+                rate, by = run_guests([fleet] * 2, args, threads=3, churn=True, op=op)
+                policy_rates.setdefault((kind, policy), []).append(rate)
+                share = max(by.values()) / max(1, sum(by.values()))
+                policy_share.setdefault((kind, policy), []).append(share)
     args.policy = "least-calls"
 
     sessions = {
         name: session_type(config=config_type(plugins=["rpc"], rpc_address=agent.addresses[0]))
-        for name, agent in pair.items()
+        for name, agent in agents.items()
+        if name in ("off", "on", "off2")
     }
     try:
         for session in sessions.values():
@@ -329,7 +364,7 @@ def measure(
         "noop": noop,
         "classify": classify,
         "runs_expected": made,
-        "runs_scraped": scraped_runs(metrics_url(pair["on"])),
+        "runs_scraped": scraped_runs(metrics_url(agents["on"])),
     }
 
 
@@ -349,14 +384,20 @@ def print_report(args: argparse.Namespace, image: bytes, report: dict[str, Any])
         shown = mode if k > 1 else "-"
         print(f"{k:<8}{shown:<8}{rate:>10.1f}{rate / base:>11.2f}x   {report['spread'][k, mode]}")
     print("  (placed: each guest names all k agents; pinned: guest i names agent i mod k)")
-    print("\nplacement policy: 2 guests x 3 threads, sessions of 1/3/9 classifies, 3 agents")
-    print(f"{'policy':<14}{'images/s':>10}{'vs least-calls':>16}{'busiest agent':>15}")
-    lc = statistics.median(report["policy_rates"]["least-calls"])
-    for policy in POLICIES:
-        rate = statistics.median(report["policy_rates"][policy])
-        share = statistics.median(report["policy_share"][policy])
-        print(f"{policy:<14}{rate:>10.1f}{rate / lc:>15.2f}x{share * 100:>14.1f}%")
-    print("  (busiest agent: its share of the images; fair share 33.3%)")
+    print(
+        "\nplacement policy: 2 guests x 3 threads, sessions of 1/3/9 calls each, over 3 agents:"
+        f"\n  classify on the onnxruntime agents (sharing this machine's CPUs), and noop on "
+        f"'device' agents (stand-in: one call at a time per agent, {args.device_ms:g} ms, no CPU;"
+        f"\n  the most they serve: {3 * 1000 / args.device_ms:.0f} calls/s)"
+    )
+    print(f"{'agents':<10}{'policy':<14}{'calls/s':>9}{'vs least-calls':>16}{'busiest agent':>15}")
+    for kind in ("classify", "device"):
+        lc = statistics.median(report["policy_rates"][kind, "least-calls"])
+        for policy in POLICIES:
+            rate = statistics.median(report["policy_rates"][kind, policy])
+            share = statistics.median(report["policy_share"][kind, policy])
+            print(f"{kind:<10}{policy:<14}{rate:>9.1f}{rate / lc:>15.2f}x{share * 100:>14.1f}%")
+    print("  (busiest agent: its share of the calls; fair share 33.3%)")
 
     print(
         "\nmetrics cost: --metrics-address on vs off, unix ttrpc, calls in rotating order "

@@ -49,12 +49,18 @@ def test_quick_run_prints_every_table_with_real_figures() -> None:
         if mode == "pinned":  # two guests pinned to agents 0 and 1
             assert all(per_agent[:2]) and not any(per_agent[2:]), out
     policies = re.findall(
-        r"^(least-calls|round-robin)\s+([\d.]+)\s+[\d.]+x\s+([\d.]+)%$", out, re.M
+        r"^(classify|device)\s+(least-calls|round-robin)\s+([\d.]+)\s+[\d.]+x\s+([\d.]+)%$",
+        out,
+        re.M,
     )
-    assert [p for p, *_ in policies] == ["least-calls", "round-robin"], out
-    assert all(
-        float(rate) > 0 and 100 / 3 - 0.1 <= float(share) <= 100 for _, rate, share in policies
-    )
+    assert [(k, p) for k, p, *_ in policies] == [
+        ("classify", "least-calls"),
+        ("classify", "round-robin"),
+        ("device", "least-calls"),
+        ("device", "round-robin"),
+    ], out
+    for *_, rate, share in policies:
+        assert float(rate) > 0 and 100 / 3 - 0.1 <= float(share) <= 100, out
     num = r"\s+[+-]?[\d.]+"
     noop = rf"^noop{num}us{num}us{num}us{num}us{num}us\s+on-off <= 10 us: (met|MISSED)"
     assert re.search(noop, out, re.M), out
