@@ -109,7 +109,7 @@ def _client_view(service: AgentService, peer: Peer) -> Any:
     with service._lock:
         mine = service._sessions_of(peer.id)
         attached = peer.id in service._peers
-    own = service.telemetry.peers().get(peer.id)
+    own = service.telemetry.peer(peer.id)
     reply = pb.StatusResponse(
         **_common(service),
         sessions=len(mine),

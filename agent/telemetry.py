@@ -292,14 +292,25 @@ class Telemetry:
     def peers(self) -> dict[str, PeerStats]:
         """Connected peers by peer id."""
         with self._lock:
-            peers = {
-                pid: PeerStats(p.description, p.transport, p.calls, p.errors, 0, p.connected_at)
-                for pid, p in self._peers.items()
-            }
+            peers = {pid: self._copy(p) for pid, p in self._peers.items()}
         if self._in_flight is not None:
             for pid, stats in peers.items():
                 stats.in_flight = self._in_flight(pid)
         return peers
+
+    def peer(self, peer_id: str) -> PeerStats | None:
+        """One connected peer (a copy), or None: a client's own status without copying
+        every peer's."""
+        with self._lock:
+            found = self._peers.get(peer_id)
+            stats = self._copy(found) if found is not None else None
+        if stats is not None and self._in_flight is not None:
+            stats.in_flight = self._in_flight(peer_id)
+        return stats
+
+    @staticmethod
+    def _copy(p: PeerStats) -> PeerStats:
+        return PeerStats(p.description, p.transport, p.calls, p.errors, 0, p.connected_at)
 
     def rejections(self) -> dict[str, int]:
         """Requests refused, by limit name."""

@@ -80,8 +80,13 @@ def test_snapshots_are_copies_and_peers_only_live_ones() -> None:
     assert t.calls()[("GetStatus", "", "")].calls == 1
     assert max(t.calls()[("GetStatus", "", "")].buckets) == 1
     assert t.peers()["a"].calls == 1
+    own = t.peer("a")
+    assert own is not None and (own.description, own.calls) == ("one", 1)
+    own.calls = 99
+    assert t.peer("a").calls == 1  # type: ignore[union-attr]
     t.disconnected("a")
     assert set(t.peers()) == {"b"}
+    assert t.peer("a") is None
     t.end(t.begin("GetStatus", "anonymous-1", "tcp", 1), "OK", 1)
     assert set(t.peers()) == {"b"}, "a peer that never connected is not kept"
 
