@@ -54,8 +54,11 @@ logger = _vaccel_logger.getChild("batching")
 MAX_BATCH_SIZE = 256
 #: Longest delay a setting may ask for: one second.
 MAX_DELAY_US = 1_000_000
-#: Delay when only a size is given (measured on a 2-vCPU CPU; see docs/batching.md).
-DEFAULT_DELAY_US = 2000
+#: Delay when only a size is given: none. One batch of a model runs at a time and the calls
+#: that arrive meanwhile form the next, so batches grow with the load while a lone caller never
+#: waits (measured in BENCHMARKS.md: 1 guest 1.00x with 0 us vs 0.79x with 2000 us, 8 guests
+#: alike). Raise it when batches stay small on a device whose runs are short.
+DEFAULT_DELAY_US = 0
 #: Name of the default classifier in a batch config file (classify with no MODEL resource).
 DEFAULT_MODEL = "default"
 
