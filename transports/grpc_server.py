@@ -43,6 +43,7 @@ from vaccel_core.transport import (
     Listener,
     Peer,
     TransportOptions,
+    deadline_scope,
 )
 
 from . import grpc_framing
@@ -252,7 +253,9 @@ class AgentServicer(grpc.GenericRpcHandler):
                     f"{name}: the call carried no request",
                     code=errno.EINVAL,
                 )
-            return await self._executor.run(key, self._serve, name, request, peer)
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.monotonic() + remaining
+            return await self._executor.run(key, self._serve, name, request, peer, deadline)
         except QueueFull as exc:
             failure = (
                 "RESOURCE_EXHAUSTED",
@@ -267,9 +270,10 @@ class AgentServicer(grpc.GenericRpcHandler):
             self._leave()
         return await _abort(context, *failure)
 
-    def _serve(self, name: str, request: bytes, peer: Peer) -> bytes:
+    def _serve(self, name: str, request: bytes, peer: Peer, deadline: float | None) -> bytes:
         """One call, in a worker thread."""
-        reply = self._handler.handle(name, grpc_framing.decode(request), peer)
+        with deadline_scope(deadline):
+            reply = self._handler.handle(name, grpc_framing.decode(request), peer)
         grpc_framing.check_size(reply, self._limit, f"{name}: the agent's reply")
         return grpc_framing.encode(reply)
 

@@ -13,8 +13,9 @@ runs it (:meth:`~vaccel_core.backend.Backend.run_batch`) and hands each caller i
 
 - A failed batch is run again call by call, each in its own caller's thread: only the culprit
   fails.
-- A call whose deadline (:func:`deadline_scope`) passes while it waits leaves the queue with
-  DEADLINE_EXCEEDED; the others go on.
+- A call whose deadline (:func:`vaccel_core.transport.deadline_scope`, set by the transport
+  that serves it) passes while it waits leaves the queue with DEADLINE_EXCEEDED; the others go
+  on.
 - Nothing new is held: a batch holds the calls in flight, which the agent's admission bounds.
 
 Settings: :class:`BatchPolicy` (off by default), from the agent's flags
@@ -26,21 +27,20 @@ See docs/batching.md.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import errno
 import os
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BackendError, InvalidArgumentError, VaccelError
 from .log import logger as _vaccel_logger
+from .transport import current_deadline
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -228,28 +228,6 @@ def policy_from_config(config: Config, environ: Mapping[str, str] | None = None)
     return policy_from_values(*chosen, names=(names[0], names[1], names[2]))
 
 
-# Deadlines ------------------------------------------------------------------------------------
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "vaccel_call_deadline", default=None
-)
-
-
-@contextlib.contextmanager
-def deadline_scope(deadline: float | None) -> Iterator[None]:
-    """Calls made in this block give up waiting in a batch queue at ``deadline`` (a
-    ``time.monotonic()`` value; None: no deadline). A transport that knows a call's deadline
-    (ttrpc's ``timeout_nano``, gRPC's ``context.time_remaining()``) runs the call inside it."""
-    token = _deadline.set(deadline)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
-
-
-def current_deadline() -> float | None:
-    return _deadline.get()
-
-
 class DeadlineExceeded(VaccelError):
     """A call's deadline passed while it waited for its batch (ETIMEDOUT: DEADLINE_EXCEEDED
     through the agent)."""
@@ -369,7 +347,7 @@ class Batcher:
     # Queueing ------------------------------------------------------------------------------
     def _join(self, backend: Backend, op: Op, item: BatchItem, settings: BatchSettings) -> Any:
         key = (backend.name, op, item.key)
-        deadline = _deadline.get()
+        deadline = current_deadline()
         now = time.monotonic()
         request = _Request(item, now)
         cond = self._cond

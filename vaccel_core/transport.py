@@ -15,9 +15,11 @@ A transport plugin registers its class through the ``vaccel.transports`` entry p
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -301,3 +303,27 @@ class Transport(ABC):
     @abstractmethod
     def listen(self, address: Address, handler: Handler, options: TransportOptions) -> Listener:
         """Start serving ``handler`` at ``address`` (returns once it accepts connections)."""
+
+
+# The deadline of the call being served --------------------------------------------------------
+_call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "vaccel_call_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def deadline_scope(deadline: float | None) -> Iterator[None]:
+    """Serve a call inside this block when its deadline is known (a ``time.monotonic()``
+    value; None: none): a transport runs ``Handler.handle`` in it (ttrpc's ``timeout_nano``,
+    gRPC's ``time_remaining()``), so work that waits on the agent's side (a batch queue) gives
+    up when the client already has."""
+    token = _call_deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _call_deadline.reset(token)
+
+
+def current_deadline() -> float | None:
+    """The deadline of the call being served in this thread (see :func:`deadline_scope`)."""
+    return _call_deadline.get()

@@ -20,8 +20,9 @@ from vaccel_core import (
     ResourceType,
     Session,
 )
-from vaccel_core.batching import Batcher, DeadlineExceeded, deadline_scope
+from vaccel_core.batching import Batcher, DeadlineExceeded
 from vaccel_core.config import Config
+from vaccel_core.transport import deadline_scope
 
 from ..onnxruntime.ort_fixtures import PHOTOS, photo, require_ort, require_weights
 from .helpers import CopyBackend, CopyPlugin, affine_model, recording_batcher, run_threads

@@ -52,6 +52,7 @@ from vaccel_core.transport import (
     Peer,
     StatusError,
     TransportOptions,
+    deadline_scope,
     extra_services,
 )
 
@@ -185,7 +186,8 @@ class TtrpcServer:
         else:
             request = grpc_framing.decode(call.payload)
         peer = replace(conn.peer, admin=True) if call.admin else conn.peer
-        return self._handler.handle(call.method, request, peer)
+        with deadline_scope(call.deadline):
+            return self._handler.handle(call.method, request, peer)
 
     @staticmethod
     def _unauthenticated(name: str) -> CallError:
