@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.onnxruntime.ort_fixtures import model_cache_folder
 from tests.remote.conftest import AgentProcess, missing_remote_extra, start_agent
 from vaccel_core import Config, Session
 
@@ -23,17 +24,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.onnxruntime.ort_fixtures import require_ort, require_weights
-
-    require_ort()
-    require_weights()
-    from vaccel_plugins.onnxruntime import models
-
-    folder = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VACCEL_CACHE_DIR", str(folder))
-        models.ensure_model(models.DEFAULT_MODEL, quiet=True)
-    return folder
+    """A model cache with the classifier built (skips without onnxruntime or its weights)."""
+    return model_cache_folder(tmp_path_factory)
 
 
 @pytest.fixture

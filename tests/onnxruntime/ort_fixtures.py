@@ -41,6 +41,26 @@ def require_weights() -> None:
     pytest.importorskip("onnx", reason="onnx is not installed (pip install 'pyvaccel[onnx]')")
 
 
+def model_cache_folder(factory: pytest.TempPathFactory, *, weights_required: bool = True) -> Path:
+    """A fresh model cache folder with the default classifier built, for an agent's
+    ``VACCEL_CACHE_DIR`` (skips without onnxruntime; without the classifier's weights it skips,
+    or returns the folder empty when ``weights_required`` is false)."""
+    require_ort()
+    from vaccel_plugins.onnxruntime import models
+
+    if weights_required:
+        require_weights()
+    folder = factory.mktemp("models")
+    try:
+        models.source_path(models.DEFAULT_MODEL)
+    except models.ModelUnavailableError:
+        return folder
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VACCEL_CACHE_DIR", str(folder))
+        models.ensure_model(models.DEFAULT_MODEL, quiet=True)
+    return folder
+
+
 def photo(name: str) -> bytes:
     return (PHOTOS / name).read_bytes()
 

@@ -17,9 +17,8 @@ from vaccel_core import Config, InvalidArgumentError, Resource, ResourceType, Se
 from .ort_fixtures import (
     EXPECTED,
     PHOTOS,
+    model_cache_folder,
     photo,
-    require_ort,
-    require_weights,
     tag_name,
     tiny_matmul_model,
 )
@@ -33,15 +32,8 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_ort()
-    require_weights()
-    from vaccel_plugins.onnxruntime import models
-
-    folder = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VACCEL_CACHE_DIR", str(folder))
-        models.ensure_model(models.DEFAULT_MODEL, quiet=True)
-    return folder
+    """A model cache with the classifier built (skips without onnxruntime or its weights)."""
+    return model_cache_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,12 @@ import pytest
 
 pytest.importorskip("google.protobuf", reason="the upstream schema needs protobuf (remote extra)")
 
-from tests.onnxruntime.ort_fixtures import photo, require_ort, require_weights, tag_name
+from tests.onnxruntime.ort_fixtures import (
+    model_cache_folder,
+    photo,
+    require_weights,
+    tag_name,
+)
 from tests.remote.conftest import HYBRID_VSOCK, AgentProcess, start_agent
 from vaccel_core import Config, Session
 
@@ -48,18 +53,7 @@ EINVAL, ENOTSUP, EPERM = errno.EINVAL, errno.ENOTSUP, errno.EPERM
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model cache with the classifier built when its weights are installed (classify tests
     skip otherwise; the others need only onnxruntime)."""
-    require_ort()
-    folder = tmp_path_factory.mktemp("models")
-    from vaccel_plugins.onnxruntime import models
-
-    try:
-        models.source_path(models.DEFAULT_MODEL)
-    except models.ModelUnavailableError:
-        return folder
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VACCEL_CACHE_DIR", str(folder))
-        models.ensure_model(models.DEFAULT_MODEL, quiet=True)
-    return folder
+    return model_cache_folder(tmp_path_factory, weights_required=False)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,12 @@ if not (Path(__file__).resolve().parents[2] / "agent" / "upstream").is_dir():
     pytest.skip("agent side of issue 11 not landed yet", allow_module_level=True)
 
 from tests.catalog_samples import PNG_1PX, sample_args
-from tests.onnxruntime.ort_fixtures import photo, require_ort, require_weights, tag_name
+from tests.onnxruntime.ort_fixtures import (
+    model_cache_folder,
+    photo,
+    require_weights,
+    tag_name,
+)
 from tests.remote.conftest import HYBRID_VSOCK, AgentProcess, start_agent
 from vaccel_core import (
     Config,
@@ -39,18 +44,7 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model cache with the classifier built when its weights are installed."""
-    require_ort()
-    folder = tmp_path_factory.mktemp("models")
-    from vaccel_plugins.onnxruntime import models
-
-    try:
-        models.source_path(models.DEFAULT_MODEL)
-    except models.ModelUnavailableError:
-        return folder
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VACCEL_CACHE_DIR", str(folder))
-        models.ensure_model(models.DEFAULT_MODEL, quiet=True)
-    return folder
+    return model_cache_folder(tmp_path_factory, weights_required=False)
 
 
 def _agent(plugins: str, cache: Path, factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
