@@ -54,7 +54,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.fleet_device import LAUNCHER  # noqa: E402
-from tests.remote.conftest import AgentProcess, clean_env, start_agent  # noqa: E402
+from tests.remote.conftest import (  # noqa: E402
+    AgentProcess,
+    clean_env,
+    make_service,
+    start_agent,
+)
 
 DEFAULT_PHOTO = ROOT / "examples" / "photos" / "dog.jpg"
 NOOP_GOAL_US = 10.0
@@ -262,6 +267,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def record_cost(pairs: int) -> dict[str, list[float]]:
+    """The agent's call record (``vaccel_agent.telemetry``, kept whether or not metrics are
+    served) in process, with no process noise: ``AgentService.handle`` for a noop Run, with the
+    record ("on") and with a record whose call-path methods do nothing ("off"), interleaved.
+    Seconds per call."""
+    from vaccel_agent.telemetry import Call, Telemetry
+    from vaccel_core.transport import Message, Peer
+
+    class Untracked(Telemetry):
+        def begin(self, method: str, peer_id: str, transport: str, received: int) -> Call:
+            return Call(method, transport, None, received)
+
+        def end(self, call: Call, status: str, sent: int = 0, message: str = "") -> None:
+            pass
+
+    services = {"on": make_service(), "off": make_service()}
+    services["off"].telemetry = Untracked()
+    peer = Peer("bench", "bench_fleet")
+    runs = {}
+    for name, svc in services.items():
+        svc.peer_connected(peer, "unix")
+        pb = svc.pb
+        created = svc.handle(
+            "CreateSession", Message(pb.CreateSessionRequest().SerializeToString()), peer
+        )
+        request = pb.OpRequest(
+            session_id=pb.CreateSessionResponse.FromString(bytes(created.payload)).session_id,
+            op="noop",
+        )
+        request.noop.SetInParent()
+        message = Message(request.SerializeToString())
+        runs[name] = lambda svc=svc, message=message: svc.handle("Run", message, peer)
+    try:
+        for run in runs.values():
+            for _ in range(200):
+                run()
+        return paired(runs, pairs)
+    finally:
+        for svc in services.values():
+            svc.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.guest:
@@ -369,6 +416,7 @@ def measure(
         "classify": classify,
         "runs_expected": made,
         "runs_scraped": [scraped_runs(metrics_url(agents[n])) for n in ("on1", "on2")],
+        "record": record_cost(args.noop_pairs * 10),
     }
 
 
@@ -432,6 +480,15 @@ def print_report(args: argparse.Namespace, image: bytes, report: dict[str, Any])
     print(
         f"{'classify':<10}{cells}{cost:>+10.2f}%{floor:>+10.2f}%   cost <= "
         f"{(CLASSIFY_GOAL - 1) * 100:g}%: {met} ({len(classify['on1'])} rounds)"
+    )
+    record = {name: statistics.median(t) * 1e6 for name, t in report["record"].items()}
+    cost = record["on"] - record["off"]
+    met = "met" if cost <= NOOP_GOAL_US else "MISSED"
+    print(
+        f"call record in process (AgentService.handle, noop Run; on with the record every "
+        f"agent keeps, off with a no-op one):\n  {record['off']:.1f} us off, {record['on']:.1f} us "
+        f"on: {cost:+.2f} us per call ({len(report['record']['on'])} pairs), <= "
+        f"{NOOP_GOAL_US:g} us: {met}"
     )
     scraped = " and ".join(str(n) for n in report["runs_scraped"])
     print(

@@ -68,3 +68,11 @@ def test_quick_run_prints_every_table_with_real_figures() -> None:
     assert re.search(classify, out, re.M), out
     counted = re.search(r"on1 and on2: (\d+) and (\d+) Run calls \(this process made (\d+)", out)
     assert counted is not None and len(set(counted.groups())) == 1, out
+    record = re.search(
+        r"^  ([\d.]+) us off, ([\d.]+) us on: [+-][\d.]+ us per call \((\d+) pairs\), <= 10 us: "
+        r"(met|MISSED)$",
+        out,
+        re.M,
+    )
+    assert record is not None, out
+    assert float(record[1]) > 0 and float(record[2]) > 0 and int(record[3]) > 0, out
