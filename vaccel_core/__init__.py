@@ -5,6 +5,7 @@ first use (the first :class:`Session`, or :func:`get_registry`).
 """
 
 from .backend import Backend
+from .batching import BatchItem
 from .config import Config, get_config, set_config
 from .errors import (
     BackendError,
@@ -31,6 +32,7 @@ __all__ = [
     "REMOTE",
     "Backend",
     "BackendError",
+    "BatchItem",
     "Config",
     "InvalidArgumentError",
     "Kind",
