@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from vaccel_core.log import logger
 from vaccel_core.transport import Message, Peer, StatusError, status_for
 
 from .limits import LIMITS
@@ -52,6 +53,8 @@ UNKNOWN_METHOD = "unknown"
 
 #: Limit names by the flag their RESOURCE_EXHAUSTED message ends with (``(--max-sessions)``).
 _LIMIT_BY_FLAG = {spec.flag: spec.name for spec in LIMITS}
+#: The names :meth:`Telemetry.reject` counts (any other would be an unbounded label).
+_LIMIT_NAMES = frozenset(spec.name for spec in LIMITS)
 
 
 def _empty_buckets(buckets: tuple[float, ...]) -> list[int]:
@@ -159,6 +162,7 @@ class Telemetry:
         self._rejections: dict[str, int] = {}
         self._histograms: dict[str, Histogram] = {}
         self._in_flight = in_flight
+        self._unknown_limits: set[str] = set()
 
     # The call path -------------------------------------------------------------------------
     def begin(self, method: str, peer_id: str, transport: str, received: int) -> Call:
@@ -195,6 +199,18 @@ class Telemetry:
             if limit is not None:
                 with self._lock:
                     self._rejections[limit] = self._rejections.get(limit, 0) + 1
+
+    def reject(self, limit: str) -> None:
+        """A transport refused a connection, stream or request by ``limit`` (a name of
+        :data:`~vaccel_agent.limits.LIMITS`) before it became a call; other names are
+        ignored (logged once each: a transport's bug, never a client's input)."""
+        if limit not in _LIMIT_NAMES:
+            if limit not in self._unknown_limits:
+                self._unknown_limits.add(limit)
+                logger.warning("a transport reported a refusal by unknown limit %r", limit)
+            return
+        with self._lock:
+            self._rejections[limit] = self._rejections.get(limit, 0) + 1
 
     def failed(self, call: Call, exc: BaseException) -> None:
         """``call`` ended with ``exc``: a CallError or VaccelError by its status, a ttrpc
@@ -343,6 +359,9 @@ class _Service(Protocol):
     @property
     def services(self) -> Mapping[str, Any]: ...
 
+    @property
+    def telemetry(self) -> Telemetry: ...
+
     def handle(self, method: str, request: Message, peer: Peer, transport: str = "") -> Message: ...
 
     def peer_connected(self, peer: Peer, transport: str = "") -> None: ...
@@ -365,6 +384,10 @@ class TransportHandler:
         self.handle: Callable[[str, Message, Peer], Message] = functools.partial(
             service.handle, transport=transport
         )
+
+        #: ``rejected(limit)``: the listener refused something by one of its limits (the
+        #: telemetry's own method: no extra frame).
+        self.rejected: Callable[[str], None] = service.telemetry.reject
 
     def peer_connected(self, peer: Peer) -> None:
         self.service.peer_connected(peer, self.transport)

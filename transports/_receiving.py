@@ -10,6 +10,10 @@ client, or of the client receiving the most, when that call has been receiving f
 ``grace`` seconds; legitimate requests complete in milliseconds, so what gets evicted is a
 sender that dawdles. The gRPC listener uses it on its event loop (evicting a call cancels its
 task); the ttrpc listener under its lock (evicting a request drops its buffers).
+
+Each call refused or evicted, and each expired by :meth:`ReceiveSlots.expire`, is reported once
+to ``rejected(limit)`` (the handler's rejection hook: ``max_client_calls``, ``max_calls``,
+``receive_timeout``).
 """
 
 from __future__ import annotations
@@ -38,10 +42,17 @@ class Slot:
 class ReceiveSlots:
     """Receiving calls per key and in total, evicting the slowest over a bound."""
 
-    def __init__(self, total: int, per_key: int, grace: float = 1.0) -> None:
+    def __init__(
+        self,
+        total: int,
+        per_key: int,
+        grace: float = 1.0,
+        rejected: Callable[[str], None] = lambda limit: None,
+    ) -> None:
         self.total = max(1, total)
         self.per_key = max(1, per_key)
         self.grace = grace
+        self._rejected = rejected
         self._by_key: dict[Hashable, list[Slot]] = {}
         self._count = 0
         #: Calls refused or evicted, for tests and status.
@@ -58,6 +69,7 @@ class ReceiveSlots:
         if len(mine) >= self.per_key:
             self._evict_oldest(
                 key,
+                "max_client_calls",
                 f"{what}: this client already has {len(mine)} requests being received "
                 f"(limit {self.per_key}, --max-client-calls); its slowest was dropped",
                 f"{what}: this client already has {len(mine)} requests being received "
@@ -67,12 +79,14 @@ class ReceiveSlots:
             heaviest = max(self._by_key, key=lambda k: (len(self._by_key[k]), -self._oldest(k)))
             if len(self._by_key[heaviest]) <= len(mine):
                 self.refused += 1
+                self._rejected("max_calls")
                 raise Refused(
                     f"{what}: the listener is receiving {self._count} requests "
                     f"(limit {self.total}, --max-calls); try again shortly"
                 )
             self._evict_oldest(
                 heaviest,
+                "max_calls",
                 f"{what}: the listener is receiving {self._count} requests "
                 f"(limit {self.total}, --max-calls); this slow one made room for another "
                 f"client's",
@@ -90,9 +104,12 @@ class ReceiveSlots:
     def _oldest(self, key: Hashable) -> float:
         return min(s.since for s in self._by_key[key])
 
-    def _evict_oldest(self, key: Hashable, evicted: str, refused: str) -> None:
+    def _evict_oldest(self, key: Hashable, limit: str, evicted: str, refused: str) -> None:
+        """Evict ``key``'s oldest call, or refuse the new one (Refused); either way one call
+        is refused by ``limit``."""
         slots = self._by_key[key]
         oldest = min(slots, key=lambda s: s.since)
+        self._rejected(limit)
         if time.monotonic() - oldest.since < self.grace or oldest.evict is None:
             self.refused += 1
             raise Refused(refused)
@@ -117,6 +134,7 @@ class ReceiveSlots:
         stale = [s for slots in self._by_key.values() for s in slots if s.since < started_before]
         for slot in stale:
             self.leave(slot)
+            self._rejected("receive_timeout")
             slot.evicted = why
             if slot.evict is not None:
                 slot.evict()

@@ -85,12 +85,15 @@ class Relay:
         dial: Callable[[], socket.socket],
         name: str,
         max_pairs: int | None = None,
+        rejected: Callable[[str], None] = lambda limit: None,
     ) -> None:
         self.listening = listening
         self.dial = dial
         self.name = name
         #: Relayed connections at most (each costs two threads); more are closed at once.
         self.max_pairs = max_pairs
+        #: ``rejected(limit)``: told of each connection refused over ``max_pairs``.
+        self._rejected = rejected
         self.last_error: OSError | None = None
         self.pairs: list[Pair] = []
         self._lock = threading.Lock()
@@ -106,6 +109,7 @@ class Relay:
             self.pairs = [p for p in self.pairs if not p.closed.is_set()]
             full = self.max_pairs is not None and len(self.pairs) >= self.max_pairs
         if full:
+            self._rejected("max_connections")
             logger.warning(
                 "%s: refusing a connection: %d relayed already (--max-connections)",
                 self.name,

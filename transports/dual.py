@@ -32,7 +32,7 @@ from dataclasses import replace
 from typing import Any
 
 from vaccel_core.log import logger
-from vaccel_core.transport import Handler, Listener, TransportOptions
+from vaccel_core.transport import Handler, Listener, TransportOptions, rejection_hook
 
 from ._accept import accept_loop
 from ._relay import Pair
@@ -79,6 +79,7 @@ class DualListener(Listener):
         self._listening = listening
         self._on_stopped = on_stopped
         self._max_connections = max(1, int(options.max_connections))
+        self._rejected = rejection_hook(handler)
         self._handshake_timeout = max(0.1, float(options.handshake_timeout))
         self.ttrpc = TtrpcServer(handler, address, options) if ttrpc else None
         self.grpc: Any = None
@@ -130,6 +131,7 @@ class DualListener(Listener):
 
     def _accepted(self, conn: socket.socket) -> None:
         if self.open_connections >= self._max_connections:
+            self._rejected("max_connections")
             self._refused += 1
             if self._refused == 1 or self._refused % 100 == 0:
                 logger.warning(
@@ -177,6 +179,7 @@ class DualListener(Listener):
             for fd, sock in socks.items():
                 poller.unregister(fd)
                 watched.discard(fd)
+                self._rejected("handshake_timeout")
                 logger.info(
                     "%s: closing a connection that sent nothing within %g s (--handshake-timeout)",
                     self.address,

@@ -44,6 +44,7 @@ from vaccel_core.transport import (
     Peer,
     TransportOptions,
     deadline_scope,
+    rejection_hook,
 )
 
 from . import grpc_framing
@@ -122,6 +123,9 @@ class AgentServicer(grpc.GenericRpcHandler):
 
     def __init__(self, handler: Handler, address: str, options: TransportOptions) -> None:
         self._handler = handler
+        #: ``rejected(limit)``: the handler's count of refusals by this listener's limits
+        #: (those gRPC core enforces itself, e.g. --max-connections on tcp, are not seen).
+        self.rejected = rejection_hook(handler)
         self.address = address
         self._limit = message_limit(options)
         self._token = options.token
@@ -132,7 +136,9 @@ class AgentServicer(grpc.GenericRpcHandler):
         self._executor = FairExecutor(workers, self._max_streams, "vaccel-agent")
         self._receive_timeout = max(0.1, float(options.receive_timeout))
         #: Calls receiving their request (the only time gRPC buffers request bytes for them).
-        self.receiving = ReceiveSlots(int(options.max_calls), int(options.max_client_calls))
+        self.receiving = ReceiveSlots(
+            int(options.max_calls), int(options.max_client_calls), rejected=self.rejected
+        )
         self._prefix = f"/{SERVICE_NAME}/"
         self._clients: dict[str, _Client] = {}  # capability -> client
         self._anonymous = itertools.count(1)
@@ -174,6 +180,7 @@ class AgentServicer(grpc.GenericRpcHandler):
                 raise
             raise CallError("RESOURCE_EXHAUSTED", slot.evicted, code=errno.ENOMEM) from None
         except asyncio.TimeoutError:
+            self.rejected("receive_timeout")
             raise CallError(
                 "DEADLINE_EXCEEDED",
                 f"{name}: the request did not arrive within {self._receive_timeout:g} s of "
@@ -257,6 +264,7 @@ class AgentServicer(grpc.GenericRpcHandler):
             deadline = None if remaining is None else time.monotonic() + remaining
             return await self._executor.run(key, self._serve, name, request, peer, deadline)
         except QueueFull as exc:
+            self.rejected("max_streams")
             failure = (
                 "RESOURCE_EXHAUSTED",
                 errno.ENOMEM,
@@ -274,7 +282,11 @@ class AgentServicer(grpc.GenericRpcHandler):
         """One call, in a worker thread."""
         with deadline_scope(deadline):
             reply = self._handler.handle(name, grpc_framing.decode(request), peer)
-        grpc_framing.check_size(reply, self._limit, f"{name}: the agent's reply")
+        try:
+            grpc_framing.check_size(reply, self._limit, f"{name}: the agent's reply")
+        except CallError:
+            self.rejected("max_message_bytes")
+            raise
         return grpc_framing.encode(reply)
 
     # Attach streams ------------------------------------------------------------------------
@@ -292,6 +304,7 @@ class AgentServicer(grpc.GenericRpcHandler):
                         "UNAVAILABLE", "Attach: the agent is stopping", code=errno.EREMOTEIO
                     )
                 if len(self._clients) >= self._max_clients:
+                    self.rejected("max_clients")
                     raise CallError(
                         "RESOURCE_EXHAUSTED",
                         f"Attach: this listener already serves {len(self._clients)} clients "

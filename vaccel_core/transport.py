@@ -168,7 +168,15 @@ def status_for(exc: BaseException) -> str:
 
 
 class Handler(Protocol):
-    """What a listener calls: implemented by the agent service."""
+    """What a listener calls: implemented by the agent service.
+
+    A handler may also have ``rejected(limit: str) -> None``: a listener calls it once for
+    each connection, stream or request it refuses by one of its own limits (before any call
+    reaches :meth:`handle`), with the limit's name as the agent names it (``max_connections``,
+    ``max_streams``, ``max_clients``, ``handshake_timeout``, ``receive_timeout``,
+    ``max_message_bytes``, ``max_calls``, ``max_client_calls``). It is optional (a listener
+    looks it up with :func:`rejection_hook`), cheap and must not raise; refusals a
+    :meth:`handle` call raised itself are never reported through it."""
 
     def handle(self, method: str, request: Message, peer: Peer) -> Message:
         """Serve one call. Raises VaccelError (or CallError) for a failed call."""
@@ -195,6 +203,17 @@ class StatusError(Exception):
         self.code = code
         self.message = message
         self.details = tuple(details)
+
+
+def _not_counted(limit: str) -> None:
+    """The rejection hook of a handler without ``rejected``."""
+
+
+def rejection_hook(handler: Handler) -> Callable[[str], None]:
+    """The handler's optional ``rejected(limit)`` (see :class:`Handler`), or a no-op: a
+    listener looks it up once and calls it on each refusal by one of its limits."""
+    hook = getattr(handler, "rejected", None)
+    return hook if callable(hook) else _not_counted
 
 
 def extra_services(handler: Handler) -> Mapping[str, RawService]:

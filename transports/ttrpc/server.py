@@ -54,6 +54,7 @@ from vaccel_core.transport import (
     TransportOptions,
     deadline_scope,
     extra_services,
+    rejection_hook,
 )
 
 from .. import grpc_framing
@@ -102,6 +103,8 @@ class TtrpcServer:
     def __init__(self, handler: Handler, address: str, options: TransportOptions) -> None:
         self.address = address
         self._handler = handler
+        #: ``rejected(limit)``: the handler's count of refusals by this listener's limits.
+        self.rejected = rejection_hook(handler)
         self.limit = max(1024, min(int(options.max_message_bytes), MAX_LIMIT))
         self.frame_limit = self.limit + wire.ENVELOPE_SLACK
         self.token = options.token
@@ -110,7 +113,9 @@ class TtrpcServer:
         self.max_streams = max(1, int(options.max_streams))
         #: Requests receiving their out-of-band buffers, per client and in all (with
         #: eviction of the slowest, as on gRPC); used under ``lock``.
-        self.slots = ReceiveSlots(int(options.max_calls), int(options.max_client_calls))
+        self.slots = ReceiveSlots(
+            int(options.max_calls), int(options.max_client_calls), rejected=self.rejected
+        )
         self.receive_timeout = max(0.1, float(options.receive_timeout))
         self.handshake_timeout = max(0.1, float(options.handshake_timeout))
         self.lock = threading.Lock()
@@ -134,6 +139,8 @@ class TtrpcServer:
             conn = _Connection(self, sock, description)
             if not refuse:
                 self.connections.add(conn)
+        if refuse and not self.stopping:
+            self.rejected("max_clients")
         target = conn.refuse if refuse else conn.start
         threading.Thread(
             target=target, name=f"vaccel-ttrpc-{next(self._numbers)}", daemon=True
@@ -222,7 +229,11 @@ class TtrpcServer:
 
     def _reply_frames(self, call: _Call, reply: Message, name: str) -> list[Any]:
         if reply.buffers or len(reply.payload) > self.limit:
-            grpc_framing.check_size(reply, self.limit, f"{name}: the agent's reply")
+            try:
+                grpc_framing.check_size(reply, self.limit, f"{name}: the agent's reply")
+            except CallError:
+                self.rejected("max_message_bytes")
+                raise
         frames: list[Any] = []
         if reply.buffers and call.flags & (wire.FLAG_REMOTE_CLOSED | wire.FLAG_REMOTE_OPEN):
             # Our client: the buffers go as Data frames, straight from the reply's memory.
@@ -414,6 +425,7 @@ class _Connection:
             if not exc.clean:
                 logger.info("client %s: the connection ended mid-frame", self.peer.id)
         except wire.FrameTimeout:
+            self.server.rejected("receive_timeout")
             logger.warning(
                 "client %s: a frame did not arrive in full within %g s (--receive-timeout); "
                 "closing its connection",
@@ -444,6 +456,7 @@ class _Connection:
                     f"the connection",
                     code=errno.ENOMEM,
                 )
+                self.server.rejected("max_message_bytes")
                 self._send([failure_frame(head.stream, error)])
                 raise wire.ProtocolError(error.message)
             if head.type == wire.TYPE_REQUEST:
@@ -486,6 +499,7 @@ class _Connection:
             authorized=server.token is None or admin or token_matches(server.token, presented),
         )
         if self.running + len(self._receiving) >= server.max_streams:
+            server.rejected("max_streams")
             self._fail(
                 stream,
                 "RESOURCE_EXHAUSTED",
@@ -500,6 +514,7 @@ class _Connection:
             return call
         name = clip(request.method) if len(request.method) > 64 else request.method
         if len(self._receiving) >= server.slots.per_key:
+            server.rejected("max_client_calls")
             self._fail(
                 stream,
                 "RESOURCE_EXHAUSTED",
@@ -538,7 +553,8 @@ class _Connection:
             data = self.reader.read(head.length)
             try:
                 sizes = wire.receive_sizes(data, self.server.limit - len(call.payload), call.method)
-            except CallError as exc:
+            except CallError as exc:  # announced more than the message limit leaves
+                self.server.rejected("max_message_bytes")
                 self._stop_receiving(stream, head.flags)
                 self._send([failure_frame(stream, exc)])
                 return None
@@ -561,6 +577,7 @@ class _Connection:
         """Why a request still receiving its buffers is dropped now: evicted by another
         client's request, or past ``--receive-timeout`` since its Request frame."""
         if time.monotonic() > call.receive_by:
+            self._expired(call)
             return CallError(
                 "DEADLINE_EXCEEDED",
                 f"{call.method}: the request did not arrive within "
@@ -570,6 +587,18 @@ class _Connection:
         if call.slot is not None and call.slot.evicted is not None:
             return CallError("RESOURCE_EXHAUSTED", call.slot.evicted, code=errno.ENOMEM)
         return None
+
+    def _expired(self, call: _Call) -> None:
+        """Count ``call`` as refused by --receive-timeout, unless the watcher's sweep (or an
+        eviction) already took its slot and counted it."""
+        server = self.server
+        with server.lock:
+            slot = call.slot
+            if slot is None or slot.evicted is not None:
+                return
+            server.slots.leave(slot)
+            slot.evicted = "past --receive-timeout"
+        server.rejected("receive_timeout")
 
     def _skip_dropped(self, head: wire.Header) -> None:
         self.reader.skip(head.length)
@@ -619,6 +648,8 @@ class _Connection:
             try:
                 self._send(frames)
             except OSError as exc:
+                if isinstance(exc, (BlockingIOError, TimeoutError)):  # SO_SNDTIMEO ran out
+                    server.rejected("receive_timeout")
                 logger.info("client %s: cannot send a reply: %s", self.peer.id, exc)
                 self.shut()
         finally:

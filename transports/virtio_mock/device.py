@@ -55,6 +55,7 @@ from vaccel_core.transport import (
     Message,
     Peer,
     TransportOptions,
+    rejection_hook,
     status_for,
 )
 
@@ -117,7 +118,12 @@ Failure = tuple[str, str, int]  # status, message, errno
 
 
 class ChainError(Exception):
-    """A descriptor chain the device refuses (the guest gets an error completion)."""
+    """A descriptor chain the device refuses (the guest gets an error completion);
+    ``limit`` names the agent's limit it broke, if one did."""
+
+    def __init__(self, message: str, limit: str | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class SetupError(ProtocolError):
@@ -241,6 +247,7 @@ class Device:
     ) -> None:
         self.conn = conn
         self.handler = handler
+        self.rejected = rejection_hook(handler)
         self.limits = limits
         self.stop_fd = stop_fd
         self.where = where
@@ -628,7 +635,11 @@ class Device:
                 or addr + length > hi
                 or (length > limit and not flags & VRING_DESC_F_WRITE)
             ):
-                raise ChainError(self._bad_desc(index, addr, length, flags))
+                over = not flags & _BAD_FLAGS and length > limit and not flags & VRING_DESC_F_WRITE
+                raise ChainError(
+                    self._bad_desc(index, addr, length, flags),
+                    "max_message_bytes" if over else None,
+                )
             if flags & VRING_DESC_F_WRITE:
                 writable.append((addr, length))
             elif writable:
@@ -723,6 +734,8 @@ class Device:
             if not readable:
                 raise ChainError("expected a device-readable request header descriptor")
         except ChainError as exc:
+            if exc.limit is not None:
+                self.rejected(exc.limit)
             self._reject(head, str(exc))
             return
         views: list[memoryview] = []
@@ -759,6 +772,7 @@ class Device:
         limit = self.limits.max_message_bytes
         size = header.payload_len + sum(n for _, n in readable[1:])
         if size > limit:
+            self.rejected("max_message_bytes")
             return _over_limit(
                 f"{_name(method)}: request of {size} bytes exceeds the message size limit of "
                 f"{limit} bytes (--max-message-size)"
@@ -851,6 +865,7 @@ class Device:
         lens = [b.nbytes for b in buffers]
         size = payload.nbytes + sum(lens)
         if size > limit:
+            self.rejected("max_message_bytes")
             return self._write_error(
                 writable,
                 _over_limit(
@@ -944,6 +959,7 @@ class VirtioMockListener(Listener):
         self.address = f"virtio-mock://{self.path}"
         check_socket_mode(options, self.address)
         self.handler = handler
+        self.rejected = rejection_hook(handler)
         self.options = options
         self.limits = DeviceLimits.from_options(options)
         self._lock = threading.Lock()
@@ -1026,6 +1042,7 @@ class VirtioMockListener(Listener):
         os.eventfd_write(self._wake, 1)
 
     def _refuse_connection(self, conn: socket.socket, limit: int) -> None:
+        self.rejected("max_connections")
         error = _limit_error(
             f"this listener already has {limit} open connections (limit {limit}, --max-connections)"
         )
@@ -1074,6 +1091,7 @@ class VirtioMockListener(Listener):
                         self._drop(device, poller, pending)
                 now = time.monotonic()
                 for device in [d for d in pending.values() if d.deadline <= now]:
+                    self.rejected("handshake_timeout")
                     logger.warning(
                         "virtio-mock %s: %s did not finish set-up in %.1fs (--handshake-timeout)",
                         self.address,
@@ -1173,6 +1191,7 @@ class VirtioMockListener(Listener):
             if self._stopped:
                 return {"ok": False, "error": "the agent is stopping"}
             if len(self._devices) >= limit:
+                self.rejected("max_clients")
                 return _limit_error(
                     f"SET_VRING_ENABLE: this listener already serves {limit} guests (limit "
                     f"{limit}, --max-clients)"
@@ -1206,6 +1225,7 @@ class VirtioMockListener(Listener):
         started = oldest.deadline - self.limits.handshake_timeout
         if time.monotonic() - started < EVICTION_GRACE:
             return False
+        self.rejected("max_connections")
         logger.info(
             "virtio-mock %s: %s was still setting up after %.1f s: closed to make room "
             "(--max-connections)",
