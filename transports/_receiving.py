@@ -67,9 +67,9 @@ class ReceiveSlots:
         ``evict`` is what evicting it does (default: cancel the current asyncio task)."""
         mine = self._by_key.get(key, [])
         if len(mine) >= self.per_key:
+            self._rejected("max_client_calls")  # the new call or the evicted one
             self._evict_oldest(
                 key,
-                "max_client_calls",
                 f"{what}: this client already has {len(mine)} requests being received "
                 f"(limit {self.per_key}, --max-client-calls); its slowest was dropped",
                 f"{what}: this client already has {len(mine)} requests being received "
@@ -84,9 +84,9 @@ class ReceiveSlots:
                     f"{what}: the listener is receiving {self._count} requests "
                     f"(limit {self.total}, --max-calls); try again shortly"
                 )
+            self._rejected("max_calls")  # the new call or the evicted one
             self._evict_oldest(
                 heaviest,
-                "max_calls",
                 f"{what}: the listener is receiving {self._count} requests "
                 f"(limit {self.total}, --max-calls); this slow one made room for another "
                 f"client's",
@@ -104,12 +104,9 @@ class ReceiveSlots:
     def _oldest(self, key: Hashable) -> float:
         return min(s.since for s in self._by_key[key])
 
-    def _evict_oldest(self, key: Hashable, limit: str, evicted: str, refused: str) -> None:
-        """Evict ``key``'s oldest call, or refuse the new one (Refused); either way one call
-        is refused by ``limit``."""
+    def _evict_oldest(self, key: Hashable, evicted: str, refused: str) -> None:
         slots = self._by_key[key]
         oldest = min(slots, key=lambda s: s.since)
-        self._rejected(limit)
         if time.monotonic() - oldest.since < self.grace or oldest.evict is None:
             self.refused += 1
             raise Refused(refused)

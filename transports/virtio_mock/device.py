@@ -119,11 +119,11 @@ Failure = tuple[str, str, int]  # status, message, errno
 
 class ChainError(Exception):
     """A descriptor chain the device refuses (the guest gets an error completion);
-    ``limit`` names the agent's limit it broke, if one did."""
+    ``too_large``: for a buffer over ``max_message_bytes``."""
 
-    def __init__(self, message: str, limit: str | None = None) -> None:
+    def __init__(self, message: str, too_large: bool = False) -> None:
         super().__init__(message)
-        self.limit = limit
+        self.too_large = too_large
 
 
 class SetupError(ProtocolError):
@@ -638,7 +638,7 @@ class Device:
                 over = not flags & _BAD_FLAGS and length > limit and not flags & VRING_DESC_F_WRITE
                 raise ChainError(
                     self._bad_desc(index, addr, length, flags),
-                    "max_message_bytes" if over else None,
+                    too_large=over,
                 )
             if flags & VRING_DESC_F_WRITE:
                 writable.append((addr, length))
@@ -734,8 +734,8 @@ class Device:
             if not readable:
                 raise ChainError("expected a device-readable request header descriptor")
         except ChainError as exc:
-            if exc.limit is not None:
-                self.rejected(exc.limit)
+            if exc.too_large:
+                self.rejected("max_message_bytes")
             self._reject(head, str(exc))
             return
         views: list[memoryview] = []
