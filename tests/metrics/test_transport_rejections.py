@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ast
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -48,10 +50,10 @@ REPO = Path(__file__).resolve().parents[2]
 class Agent:
     """An agent process on ``addresses`` with ``args``, serving its metrics."""
 
-    def __init__(self, addresses: list[str], args: list[str]) -> None:
+    def __init__(self, addresses: list[str], args: list[str], **start: Any) -> None:
         port = free_port()
         self.process: AgentProcess = start_agent(
-            addresses, args=["--metrics-address", f"tcp://127.0.0.1:{port}", *args]
+            addresses, args=["--metrics-address", f"tcp://127.0.0.1:{port}", *args], **start
         )
         self.url = metrics_url(self.process)
 
@@ -228,7 +230,7 @@ def _ttrpc_receiving(agent: Agent, calls: int) -> Raw:
     return raw
 
 
-def _grpc_receiving(agent: Agent, calls: int) -> object:
+def _grpc_receiving(agent: Agent, calls: int) -> Any:
     """An attached client's ``calls`` Run streams that announce 1 MiB and send none of it."""
     h2raw = pytest.importorskip("benchmarks.abuse.h2raw", reason="needs the h2 package (test)")
     client = h2raw.H2Client("unix://" + agent.path)
@@ -255,7 +257,87 @@ def test_requests_over_max_client_calls_and_past_the_receive_timeout_count(
     try:
         agent.wait_for({"max_client_calls": 1, "receive_timeout": 2})
     finally:
-        attacker.close()  # type: ignore[attr-defined]
+        attacker.close()
+
+
+@pytest.mark.parametrize("wire", ["ttrpc", "grpc"])
+def test_requests_over_max_calls_count(agents: list[Agent], tmp_path: Path, wire: str) -> None:
+    """One client's two requests whose bodies never come fill --max-calls 2: another client's
+    request is refused (the slow ones are younger than the eviction grace), and the two are
+    dropped after --receive-timeout."""
+    agent = Agent(
+        [f"unix://{tmp_path / 'a.sock'}"],
+        ["--max-calls", "2", "--receive-timeout", "1", "--max-streams", "8"],
+    )
+    agents.append(agent)
+    receiving = _ttrpc_receiving if wire == "ttrpc" else _grpc_receiving
+    first = receiving(agent, 2)
+    other = receiving(agent, 1)
+    try:
+        agent.wait_for({"max_calls": 1, "receive_timeout": 2})
+    finally:
+        first.close()
+        other.close()
+
+
+def test_grpc_calls_over_max_streams_count(agents: list[Agent], tmp_path: Path) -> None:
+    """A client's calls queued or running in the gRPC listener are bounded by --max-streams
+    (over all its connections): with two slow calls running, a third is refused."""
+    h2raw = pytest.importorskip("benchmarks.abuse.h2raw", reason="needs the h2 package (test)")
+    from tests.remote.slow_backend import LAUNCHER
+
+    agent = Agent(
+        [f"unix://{tmp_path / 'a.sock'}"],
+        ["--max-streams", "2"],
+        command=[sys.executable, "-c", LAUNCHER],
+        env={"VACCEL_PLUGINS": "slow", "VACCEL_TEST_SLOW_SECONDS": "3"},
+    )
+    agents.append(agent)
+    client = RawClient("grpc+" + agent.process.addresses[0])
+    capability = client.channel._metadata[0][1]  # type: ignore[attr-defined]
+    run = client.pb.OpRequest(session_id=client.create_session(), op="noop")
+    run.noop.SetInParent()
+    connections = []
+    try:
+        for _ in range(3):  # one call per connection: HTTP/2's own stream cap stays out
+            conn = h2raw.H2Client("unix://" + agent.path)
+            conn.metadata = [("vaccel-capability", capability)]
+            conn.send(conn.open_stream("Run"), h2raw.grpc_frame(run.SerializeToString()), True)
+            connections.append(conn)
+            if len(connections) < 3:
+                time.sleep(0.3)  # running before the next one comes
+        last = connections[-1]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(
+            st.grpc_status for st in last.streams.values()
+        ):
+            last.pump(0.1)
+        (refused,) = last.streams.values()
+        assert refused.grpc_status == "8", refused.grpc_message  # RESOURCE_EXHAUSTED
+        assert "--max-streams" in h2raw.unquote(refused.grpc_message)
+        agent.wait_for({"max_streams": 1})
+    finally:
+        for conn in connections:
+            conn.close()
+        client.close()
+
+
+# A refusal by the service is counted once -----------------------------------------------------
+@pytest.mark.parametrize("wire", ["ttrpc", "grpc"])
+def test_a_service_refusal_is_counted_once(agents: list[Agent], tmp_path: Path, wire: str) -> None:
+    """The service refuses a session over --max-sessions; the transport carries the
+    RESOURCE_EXHAUSTED back without counting it again."""
+    agent = Agent([f"unix://{tmp_path / 'a.sock'}"], ["--max-sessions", "1"])
+    agents.append(agent)
+    client = RawClient(("grpc+" if wire == "grpc" else "") + agent.process.addresses[0])
+    try:
+        client.create_session()
+        with pytest.raises(CallError, match="--max-sessions") as refused:
+            client.create_session()
+        assert refused.value.status == "RESOURCE_EXHAUSTED"
+        agent.wait_for({"max_sessions": 1})
+    finally:
+        client.close()
 
 
 # virtio-mock --------------------------------------------------------------------------------------
@@ -368,3 +450,29 @@ def test_every_limit_a_transport_reports_is_a_limit_of_the_agent() -> None:
 def test_transports_do_not_import_the_agent() -> None:
     for path in (REPO / "transports").rglob("*.py"):
         assert "vaccel_agent" not in path.read_text(), f"{path.name} imports vaccel_agent"
+
+
+def test_the_hook_is_optional_and_counts_only_known_limits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler without ``rejected`` gets a no-op hook; the agent's counts known limits and
+    ignores (and logs once) a name it does not know: labels stay bounded."""
+    from vaccel_agent.telemetry import Telemetry
+    from vaccel_core.transport import rejection_hook
+
+    class Plain:  # a third-party handler: handle, peer_connected, peer_disconnected only
+        pass
+
+    rejection_hook(cast(Any, Plain()))("max_connections")  # a no-op, not an AttributeError
+    telemetry = Telemetry()
+
+    class Counting:
+        rejected = telemetry.reject
+
+    hook = rejection_hook(cast(Any, Counting()))
+    for limit in ("max_connections", "max_connections", "max_streams", "bogus", "bogus"):
+        hook(limit)
+    assert telemetry.rejections() == {"max_connections": 2, "max_streams": 1}
+    assert [r.getMessage() for r in caplog.records].count(
+        "a transport reported a refusal by unknown limit 'bogus'"
+    ) == 1
