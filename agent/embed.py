@@ -24,14 +24,12 @@ The agent runs on gRPC's threads; the calling thread is free. Stop it with ``age
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from vaccel_core.config import Config, parse_plugin_list
+from vaccel_core.config import Config, load_toml, parse_plugin_list
 from vaccel_core.errors import InvalidArgumentError
 
 from .server import Agent
@@ -152,28 +150,7 @@ def integrated(
 def _load(source: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(source, Mapping):
         return source
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError as exc:
-            raise InvalidArgumentError(
-                "integrated: reading a Kata configuration on Python 3.10 needs tomli "
-                "(pip install tomli), or pass the parsed data"
-            ) from exc
-    path = Path(source)
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except OSError as exc:
-        raise InvalidArgumentError(
-            f"integrated: cannot read Kata configuration {path}: {exc.strerror or exc}"
-        ) from None
-    except ValueError as exc:  # tomllib.TOMLDecodeError
-        raise InvalidArgumentError(
-            f"integrated: Kata configuration {path} is not valid TOML: {exc}"
-        ) from None
+    return load_toml(source, "integrated: Kata configuration")
 
 
 def _vaccel_keys(data: Mapping[str, Any]) -> dict[str, Any]:

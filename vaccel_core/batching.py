@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .config import load_toml
 from .errors import BackendError, InvalidArgumentError, VaccelError
 from .log import logger as _vaccel_logger
 from .transport import current_deadline
@@ -128,25 +128,6 @@ class BatchPolicy:
         return self.models.get(model, self.default)
 
 
-def _load_toml(path: Path, what: str) -> Mapping[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise InvalidArgumentError(
-                f"{what}: reading a TOML file on Python 3.10 needs tomli (pip install tomli)"
-            ) from None
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except OSError as exc:
-        raise InvalidArgumentError(
-            f"{what}: cannot read {path}: {exc.strerror or type(exc).__name__}"
-        ) from None
-    except ValueError as exc:  # tomllib.TOMLDecodeError
-        raise InvalidArgumentError(f"{what}: {path} is not valid TOML: {exc}") from None
 
 
 _SETTING_KEYS = ("max_size", "max_delay_us")
@@ -209,7 +190,7 @@ def policy_from_values(
     if not config_file:
         return BatchPolicy(base)
     path = Path(config_file)
-    return parse_config(_load_toml(path, f"{names[2]} {path}"), base, f"{names[2]} {path}")
+    return parse_config(load_toml(path, f"{names[2]} {path}"), base, f"{names[2]} {path}")
 
 
 def policy_from_config(config: Config, environ: Mapping[str, str] | None = None) -> BatchPolicy:

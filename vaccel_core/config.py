@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from .errors import InvalidArgumentError
 
@@ -142,3 +145,22 @@ def set_config(config: Config | None) -> None:
     """Replace the process-wide configuration (None: read the environment again next time)."""
     global _current
     _current = config
+
+
+def load_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """The TOML file at ``path``, parsed; a file that cannot be read or parsed raises
+    InvalidArgumentError starting with ``what`` (e.g. ``--batch-config``)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # Python 3.10: tomli, a dependency there
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise InvalidArgumentError(
+            f"{what}: cannot read {path}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    except ValueError as exc:  # tomllib.TOMLDecodeError
+        raise InvalidArgumentError(f"{what}: {path} is not valid TOML: {exc}") from None

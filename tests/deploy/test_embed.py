@@ -114,7 +114,7 @@ def test_bad_settings_are_clear_errors(data: dict, match: str):
 
 
 def test_unreadable_configuration_is_a_clear_error(tmp_path: Path):
-    with pytest.raises(InvalidArgumentError, match="cannot read Kata configuration"):
+    with pytest.raises(InvalidArgumentError, match="integrated: Kata configuration: cannot read "):
         IntegratedSettings.from_kata(tmp_path / "missing.toml", {})
     bad = tmp_path / "bad.toml"
     bad.write_text("[hypervisor\n")
