@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from vaccel_core import Backend, PluginType, hookimpl
 from vaccel_core.batching import Batcher, BatchItem, BatchPolicy, BatchReport, BatchSettings
@@ -111,3 +113,29 @@ class CopyPlugin:
     @hookimpl
     def vaccel_register_backends(self, register: Any) -> None:
         register(CopyBackend)
+
+
+def start_batching_agent(folder: Path, delay_us: int) -> Any:
+    """A real onnxruntime agent on ``folder/agent.sock`` batching up to 8 calls, waiting at
+    most ``delay_us``, with its metrics endpoint on a free port (skips without the remote
+    extra or prometheus-client)."""
+    from tests.metrics.scrape import free_port
+    from tests.remote.conftest import start_agent
+    from vaccel_core.testing import missing_remote_extra
+
+    reason = missing_remote_extra()
+    if reason:
+        pytest.skip(reason)
+    pytest.importorskip(
+        "prometheus_client",
+        reason="prometheus-client is not installed (pip install 'pyvaccel[remote]')",
+    )
+    return start_agent(
+        [f"unix://{folder / 'agent.sock'}"],
+        env={"VACCEL_PLUGINS": "onnxruntime"},
+        args=[
+            "--batch-max-size", "8",
+            "--batch-max-delay-us", str(delay_us),
+            "--metrics-address", f"tcp://127.0.0.1:{free_port()}",
+        ],
+    )  # fmt: skip

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.metrics.scrape import free_port, metrics_url, scrape
+from tests.metrics.scrape import metrics_url, scrape
 from tests.remote.conftest import AgentProcess, clean_env, start_agent
 from vaccel_core import PluginRegistry, Session
 from vaccel_core.config import Config
 from vaccel_core.testing import missing_remote_extra
 
 from ..onnxruntime.ort_fixtures import PHOTOS, require_ort, require_weights
+from .helpers import start_batching_agent
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -62,22 +63,7 @@ def expected() -> dict[str, str]:
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[AgentProcess]:
-    reason = missing_remote_extra()
-    if reason:
-        pytest.skip(reason)
-    pytest.importorskip(
-        "prometheus_client",
-        reason="prometheus-client is not installed (pip install 'pyvaccel[remote]')",
-    )
-    handle = start_agent(
-        [f"unix://{tmp_path / 'agent.sock'}"],
-        env={"VACCEL_PLUGINS": "onnxruntime"},
-        args=[
-            "--batch-max-size", "8",
-            "--batch-max-delay-us", "300000",
-            "--metrics-address", f"tcp://127.0.0.1:{free_port()}",
-        ],
-    )  # fmt: skip
+    handle = start_batching_agent(tmp_path, 300_000)
     yield handle
     handle.stop()
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.metrics.scrape import free_port, metrics_url, scrape
-from tests.remote.conftest import AgentProcess, clean_env, start_agent
-from vaccel_core.testing import missing_remote_extra
+from tests.metrics.scrape import metrics_url, scrape
+from tests.remote.conftest import AgentProcess, clean_env
 
 from ..onnxruntime.ort_fixtures import PHOTOS, require_ort, require_weights
+from .helpers import start_batching_agent
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,24 +49,9 @@ with Session(config=Config(plugins=["rpc"], rpc_address=address)) as session:
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[AgentProcess]:
-    reason = missing_remote_extra()
-    if reason:
-        pytest.skip(reason)
-    pytest.importorskip(
-        "prometheus_client",
-        reason="prometheus-client is not installed (pip install 'pyvaccel[remote]')",
-    )
     require_ort()
     require_weights()
-    handle = start_agent(
-        [f"unix://{tmp_path / 'agent.sock'}"],
-        env={"VACCEL_PLUGINS": "onnxruntime"},
-        args=[
-            "--batch-max-size", "8",
-            "--batch-max-delay-us", str(int(DELAY_S * 1e6)),
-            "--metrics-address", f"tcp://127.0.0.1:{free_port()}",
-        ],
-    )  # fmt: skip
+    handle = start_batching_agent(tmp_path, int(DELAY_S * 1e6))
     yield handle
     handle.stop()
 
