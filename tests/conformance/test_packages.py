@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.plugin_packages import pip_install_into
 from vaccel_core.testing import new_backend
 
 DEMO = Path(__file__).resolve().parents[1] / "plugins" / "vaccel-demo-backend"
@@ -26,24 +27,7 @@ def projects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     shutil.copytree(DEMO, demo, ignore=shutil.ignore_patterns("__pycache__"))
     generated = new_backend("kit_sample", root / "vaccel-kit-sample")
     site = root / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(site),
-            str(demo),
-            str(generated),
-        ],
-        check=True,
-        timeout=180,
-    )
+    pip_install_into(site, demo, generated)
     return {"site": site, "demo": demo, "template": generated}
 
 

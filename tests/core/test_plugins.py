@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.plugin_packages import pip_install_into
 from vaccel_core import PluginError, PluginRegistry
 
 from .helpers import FailingBackend, plugin_module
@@ -22,24 +23,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Install the demo and broken plugin packages with pip into a private folder."""
     pytest.importorskip("hatchling", reason="hatchling (test extra) builds the plugin fixtures")
     target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(PLUGINS / "vaccel-demo-backend"),
-            str(PLUGINS / "vaccel-broken-plugins"),
-        ],
-        check=True,
-        timeout=180,
-    )
+    pip_install_into(target, PLUGINS / "vaccel-demo-backend", PLUGINS / "vaccel-broken-plugins")
     assert (target / "vaccel_demo_backend").is_dir()
     return target
 
