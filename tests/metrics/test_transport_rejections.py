@@ -32,6 +32,7 @@ from tests.transports.test_ttrpc_wire import (
     RESOURCE_EXHAUSTED,
     Raw,
     _sizes,
+    closed_within,
 )
 from vaccel_agent.limits import LIMITS
 from vaccel_core import RemoteError
@@ -86,21 +87,6 @@ def agents() -> Iterator[list[Agent]]:
     yield started
     for agent in started:
         assert agent.process.stop() == 0, agent.process.log
-
-
-def closed_within(sock: socket.socket, seconds: float) -> bool:
-    """Whether the agent closes ``sock`` within ``seconds`` (anything it sends is dropped)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        sock.settimeout(max(deadline - time.monotonic(), 0.01))
-        try:
-            if not sock.recv(1 << 16):
-                return True
-        except TimeoutError:
-            return False
-        except ConnectionResetError:
-            return True
-    return False
 
 
 def unix_socket(path: str, kind: int = socket.SOCK_STREAM) -> socket.socket:

@@ -68,6 +68,22 @@ class EchoHandler:
             self.disconnected.append(peer.id)
 
 
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the other end closes ``sock`` within ``seconds`` (anything it sends is
+    dropped)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            if not sock.recv(1 << 16):
+                return True
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+    return False
+
+
 class Raw:
     """A hand-written ttrpc peer: frames packed with struct, sent as given."""
 
@@ -137,17 +153,7 @@ class Raw:
 
     def closed_within(self, seconds: float) -> bool:
         """Whether the other end closes the connection within ``seconds`` (data is dropped)."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
-            try:
-                if not self.sock.recv(1 << 16):
-                    return True
-            except TimeoutError:
-                return False
-            except ConnectionResetError:
-                return True
-        return False
+        return closed_within(self.sock, seconds)
 
     def close(self) -> None:
         self.sock.close()
